@@ -1,0 +1,135 @@
+"""The broker's settings, as one frozen value built before anything starts.
+
+Only data lives here: the command line (``zlog.broker.cli``) builds a
+``BrokerConfig`` from its flags, and a later configuration file will build the
+same value from TOML and the environment. Nothing in this module imports
+ZeroMQ or Kafka at module level.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zlog.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_APPLICATION_TOPIC",
+    "DEFAULT_AUDIT_TOPIC",
+    "DEFAULT_BOOTSTRAP_SERVERS",
+    "DEFAULT_DRAIN_TIMEOUT_S",
+    "DEFAULT_LINGER_MS",
+    "DEFAULT_MAX_BATCH_BYTES",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_RECV_BATCH",
+    "DEFAULT_RECV_MAX_BYTES",
+    "DEFAULT_SECURITY_TOPIC",
+    "DEFAULT_SOCKET_MODE",
+    "DEFAULT_TOPIC_PARTITIONS",
+    "DEFAULT_TOPIC_REPLICATION",
+    "BrokerConfig",
+    "bootstrap_servers_from",
+    "default_compression",
+]
+
+# The address a developer's single-node Kafka listens on (scripts/kafka).
+DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
+
+# Neutral names; the old deployment's names are one flag each away
+# (docs/broker.md lists them).
+DEFAULT_APPLICATION_TOPIC = "logs.application.v1"
+DEFAULT_AUDIT_TOPIC = "logs.audit.v1"
+DEFAULT_SECURITY_TOPIC = "logs.security.v1"
+
+# Three partitions spread one host's keys over a small cluster; one replica
+# works on the single-node development Kafka. Production sets 3.
+DEFAULT_TOPIC_PARTITIONS = 3
+DEFAULT_TOPIC_REPLICATION = 1
+
+# The old code lingered 20 ms per send_and_wait. The broker batches by draining
+# its socket instead, so a short linger only merges light traffic.
+DEFAULT_LINGER_MS = 5
+
+# Half of Kafka's default message.max.bytes (1 MiB + 12), measured before
+# compression, so a full batch always fits a request.
+DEFAULT_MAX_BATCH_BYTES = 512 * 1024
+
+# The envelope is capped at 1 MiB (COMPAT.md); the other frames are small.
+DEFAULT_MAX_FRAME_BYTES = 1024 * 1024 + 64 * 1024
+
+# Messages taken from the socket before handing a batch to Kafka: large enough
+# to fill several Kafka batches, small enough that status requests and acks
+# wait at most a few milliseconds.
+DEFAULT_RECV_BATCH = 4096
+
+# Bytes of envelopes taken from the socket in one cycle: bounds the memory a
+# cycle holds when envelopes are large (4096 of 1 MiB would be 4 GiB).
+DEFAULT_RECV_MAX_BYTES = 8 * 1024 * 1024
+
+# systemd's default stop timeout is 90 s; draining must end well before it.
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+
+# Owner and group may write; others may not even connect.
+DEFAULT_SOCKET_MODE = 0o660
+
+
+def default_compression() -> str:
+    """zstd when aiokafka can use it, else lz4, else gzip (always available)."""
+    from aiokafka import codec
+
+    if codec.has_zstd():
+        return "zstd"
+    if codec.has_lz4():
+        return "lz4"
+
+    return "gzip"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Everything the broker needs to run; see ``zlog broker --help``."""
+
+    socket_path: Path
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP_SERVERS
+    application_topic: str = DEFAULT_APPLICATION_TOPIC
+    audit_topic: str = DEFAULT_AUDIT_TOPIC
+    security_topic: str = DEFAULT_SECURITY_TOPIC
+    create_topics: bool = True
+    topic_partitions: int = DEFAULT_TOPIC_PARTITIONS
+    topic_replication: int = DEFAULT_TOPIC_REPLICATION
+    linger_ms: int = DEFAULT_LINGER_MS
+    compression: str = field(default_factory=default_compression)
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    socket_mode: int = DEFAULT_SOCKET_MODE
+    socket_group: str | None = None
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    recv_batch: int = DEFAULT_RECV_BATCH
+    recv_max_bytes: int = DEFAULT_RECV_MAX_BYTES
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        for name in ("topic_partitions", "topic_replication", "recv_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.linger_ms < 0 or self.drain_timeout_s < 0:
+            raise ConfigError("linger_ms and drain_timeout_s cannot be negative")
+        if not 0 <= self.socket_mode <= 0o777:
+            raise ConfigError(f"socket mode {self.socket_mode:o} is not a mode")
+
+    @property
+    def topics(self) -> tuple[str, str, str]:
+        """The application, audit and security topics, in that order."""
+        return (self.application_topic, self.audit_topic, self.security_topic)
+
+    @property
+    def compression_type(self) -> str | None:
+        """The codec as aiokafka names it: None for "none"."""
+        return None if self.compression == "none" else self.compression
+
+
+def bootstrap_servers_from(value: str | None) -> str:
+    """``value``, else ``$KAFKA_BOOTSTRAP_SERVERS``, else the default."""
+    from_env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+
+    return value or from_env or DEFAULT_BOOTSTRAP_SERVERS

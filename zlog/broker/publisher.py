@@ -1,0 +1,270 @@
+"""The broker's Kafka side: one producer, batches built by topic-partition.
+
+The receive loop appends envelopes to open batches (``BatchBuilder``) keyed by
+topic and partition, then submits them all with ``send_batch``: one future per
+batch instead of one per event, measured about six times faster than
+``send()`` per event (docs/broker.md). The partition is chosen here the way
+the producer would choose it (its partitioner, Kafka's murmur2 of the key), so
+keyed events land where any other Kafka client would put them.
+
+When a batch's future resolves, every event in it is counted published (or
+failed) and every sender that asked is acked (or nacked) through ``reply``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from zlog import protocol
+from zlog.broker.config import BrokerConfig
+from zlog.broker.logs import RateLimiter, get_logger
+from zlog.broker.stats import Stats
+from zlog.errors import ConfigError
+
+__all__ = ["OpenBatch", "Publisher"]
+
+# Kafka's error code for a topic that exists already.
+_TOPIC_ALREADY_EXISTS = 36
+
+# A topic an event named but Kafka does not know is not looked up again for
+# this long, so a misconfigured emitter cannot stall the loop every cycle.
+UNKNOWN_TOPIC_RETRY_S = 30.0
+
+# How long one metadata lookup for an unknown topic may hold the loop.
+TOPIC_LOOKUP_TIMEOUT_S = 2.0
+
+# Partition counts can grow; the key -> partition cache is rebuilt this often.
+PARTITION_CACHE_TTL_S = 60.0
+
+Reply = Callable[[bytes, list[bytes]], None]
+
+
+@dataclass(slots=True)
+class OpenBatch:
+    """One Kafka batch being filled, with what to do when Kafka answers."""
+
+    builder: object
+    topic: str
+    partition: int
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    # (ROUTER identity, sequence number) of each event whose sender wants an ack.
+    acks: list[tuple[bytes, int]] = field(default_factory=list)
+
+
+class Publisher:
+    """Owns the only Kafka producer and the batches in flight to it."""
+
+    def __init__(self, config: BrokerConfig, stats: Stats, reply: Reply) -> None:
+        self.config = config
+        self.stats = stats
+        self.reply = reply
+        self.log = get_logger()
+        self.warnings = RateLimiter()
+        self.kafka_state = "starting"
+        self.last_error: str | None = None
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=config.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            compression_type=config.compression_type,
+            linger_ms=config.linger_ms,
+            max_batch_size=config.max_batch_bytes,
+            client_id="zlog-broker",
+        )
+        # topic -> key -> partition; None maps to this cycle's sticky partition.
+        self._partitions: dict[str, dict[bytes | None, int]] = {}
+        self._partitions_built = time.monotonic()
+        self._unknown_topics: dict[str, float] = {}
+        self._in_flight: set[asyncio.Future] = set()
+
+    async def start(self) -> None:
+        """Create the topics if allowed, connect, and learn their partitions."""
+        if self.config.create_topics:
+            await self._ensure_topics()
+        await self.producer.start()
+        for topic in self.config.topics:
+            await self.producer.partitions_for(topic)
+        self.kafka_state = "connected"
+
+    async def _ensure_topics(self) -> None:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.config.bootstrap_servers, client_id="zlog-broker"
+        )
+        await admin.start()
+        try:
+            new_topics = [
+                NewTopic(
+                    topic,
+                    self.config.topic_partitions,
+                    self.config.topic_replication,
+                )
+                for topic in self.config.topics
+            ]
+            response = await admin.create_topics(new_topics)
+        finally:
+            await admin.close()
+        for topic, code, message in _topic_errors(response):
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                raise ConfigError(
+                    f"cannot create topic {topic!r} (Kafka error {code}: "
+                    f"{message}); create it yourself or pass --no-create-topics"
+                )
+
+    def partition_map(self, topic: str) -> dict[bytes | None, int] | None:
+        """The key -> partition cache of a topic Kafka knows, else None."""
+        by_key = self._partitions.get(topic)
+        if by_key is not None:
+            return by_key
+        partitions = self.producer.client.cluster.partitions_for_topic(topic)
+        if not partitions:
+            return None
+        by_key = {None: random.choice(sorted(partitions))}
+        self._partitions[topic] = by_key
+
+        return by_key
+
+    def partition_for(self, topic: str, key: bytes | None) -> int:
+        """Where ``key`` goes in ``topic``: the producer's partitioner decides."""
+        by_key = self._partitions[topic]
+        partitions = sorted(self.producer.client.cluster.partitions_for_topic(topic))
+        available = self.producer.client.cluster.available_partitions_for_topic(topic)
+        partition = self.producer._partitioner(key, partitions, list(available))
+        by_key[key] = partition
+
+        return partition
+
+    def new_batch(self, topic: str, partition: int) -> OpenBatch:
+        """An empty batch for one topic-partition."""
+        return OpenBatch(self.producer.create_batch(), topic, partition)
+
+    async def resolve_topic(self, topic: str) -> bool:
+        """Fetch metadata for a topic an event named; False when Kafka lacks it."""
+        retry_at = self._unknown_topics.get(topic)
+        if retry_at is not None and time.monotonic() < retry_at:
+            return False
+        try:
+            await asyncio.wait_for(
+                self.producer.partitions_for(topic), TOPIC_LOOKUP_TIMEOUT_S
+            )
+        except (KafkaError, TimeoutError):
+            self._unknown_topics[topic] = time.monotonic() + UNKNOWN_TOPIC_RETRY_S
+            return False
+        self._unknown_topics.pop(topic, None)
+
+        return self.partition_map(topic) is not None
+
+    def end_cycle(self) -> None:
+        """Move keyless events to another partition and age the partition cache."""
+        now = time.monotonic()
+        if now - self._partitions_built > PARTITION_CACHE_TTL_S:
+            self._partitions.clear()
+            self._partitions_built = now
+            return
+        for topic, by_key in self._partitions.items():
+            partitions = self.producer.client.cluster.partitions_for_topic(topic)
+            if partitions:
+                by_key[None] = random.choice(sorted(partitions))
+
+    async def submit(self, batch: OpenBatch) -> None:
+        """Hand one batch to the producer; waits while its partition is busy."""
+        try:
+            future = await self.producer.send_batch(
+                batch.builder, batch.topic, partition=batch.partition
+            )
+        except KafkaError as exc:
+            self._give_up(batch, exc)
+            return
+        self._in_flight.add(future)
+        future.add_done_callback(lambda done: self._settle(batch, done))
+
+    def _settle(self, batch: OpenBatch, future: asyncio.Future) -> None:
+        self._in_flight.discard(future)
+        exc = future.exception() if not future.cancelled() else KafkaError()
+        if exc is not None:
+            self._give_up(batch, exc)
+            return
+        published = self.stats.published
+        for index, count in enumerate(batch.counts):
+            published[index] += count
+        if self.kafka_state != "connected":
+            self.kafka_state = "connected"
+            self.log.info("kafka_recovered")
+        reply = self.reply
+        for identity, seq in batch.acks:
+            reply(identity, protocol.encode_ack(seq))
+        self.stats.acks_sent += len(batch.acks)
+
+    def _give_up(self, batch: OpenBatch, exc: BaseException) -> None:
+        # TODO: commit the batch to the disk spool instead of failing it while
+        # Kafka is unavailable (issue 5); until then its events are counted
+        # failed and their senders nacked.
+        reason = f"{type(exc).__name__}: {exc}".strip(": ")
+        failed = self.stats.failed
+        for index, count in enumerate(batch.counts):
+            failed[index] += count
+        self.kafka_state = "failing"
+        self.last_error = reason
+        for identity, seq in batch.acks:
+            self.reply(identity, protocol.encode_nack(seq, reason))
+        self.stats.nacks_sent += len(batch.acks)
+        suppressed = self.warnings.allow("kafka_batch_failed")
+        if suppressed is not None:
+            self.log.warning(
+                "kafka_batch_failed",
+                topic=batch.topic,
+                partition=batch.partition,
+                events=sum(batch.counts),
+                reason=reason,
+                similar_suppressed=suppressed,
+            )
+
+    def pending(self) -> int:
+        """Batches handed to the producer that Kafka has not answered yet."""
+        return len(self._in_flight)
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until Kafka answered every batch; False when time ran out."""
+        try:
+            await asyncio.wait_for(self.producer.flush(), timeout_s)
+            if self._in_flight:
+                await asyncio.wait(set(self._in_flight), timeout=timeout_s)
+        except TimeoutError:
+            return False
+
+        return not self._in_flight
+
+    async def stop(self, timeout_s: float) -> None:
+        """Close the producer; gives up after ``timeout_s`` when Kafka is gone."""
+        try:
+            await asyncio.wait_for(self.producer.stop(), timeout_s)
+        except TimeoutError:
+            self.log.error("kafka_stop_timed_out", timeout_s=timeout_s)
+
+    def status(self) -> dict:
+        """Kafka's part of the status document."""
+        return {
+            "state": self.kafka_state,
+            "bootstrap_servers": self.config.bootstrap_servers,
+            "compression": self.config.compression_type,
+            "batches_in_flight": len(self._in_flight),
+            "last_error": self.last_error,
+        }
+
+
+def _topic_errors(response: object) -> list[tuple[str, int, str]]:
+    """(topic, error code, message) for each topic of a CreateTopics response."""
+    errors = []
+    for entry in response.topic_errors:
+        topic, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 else ""
+        errors.append((topic, code, message or ""))
+
+    return errors
