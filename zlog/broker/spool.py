@@ -665,13 +665,12 @@ def _salvage(corrupt_path: Path) -> list[_Row]:
     skips ids (1, 2, 4, ...) until reads succeed again, up to the highest id
     the file ever gave out.
     """
-    uri = f"{corrupt_path.as_uri()}?mode=ro"
+    uri = f"{corrupt_path.absolute().as_uri()}?mode=ro"
     try:
         connection = sqlite3.connect(uri, uri=True, isolation_level=None)
     except sqlite3.Error:
         return []
     try:
-        connection.execute("PRAGMA locking_mode = EXCLUSIVE")
         return _read_salvageable(connection)
     finally:
         connection.close()
