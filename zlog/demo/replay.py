@@ -1,0 +1,211 @@
+"""Replay the sample files from a pool of worker processes, as an application.
+
+The parent splits every file into chunks of lines, once per repeat, and hands
+the chunks to a ``multiprocessing`` pool. Each worker configures structlog
+once, with ``zlog.ZlogProcessor`` in its chain, then for every line of a
+chunk parses it and logs it with the method of its level: the processor
+builds the envelope and hands it to the broker over the socket. Nothing here
+talks to Kafka.
+
+Each event carries ``repeat`` (which pass over the files it belongs to) and
+``sent_at`` (the wall-clock time just before the log call), so the verifier
+can match it exactly once and time its way to Kafka.
+
+``rate_per_s`` caps the whole pool: each worker paces itself at its share.
+Workers ignore SIGINT; the parent receives Ctrl-C and terminates the pool.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from zlog.demo.parsers import SOURCES, parse_line
+
+__all__ = [
+    "DEFAULT_CHUNK_LINES",
+    "Chunk",
+    "ReplaySettings",
+    "chunks",
+    "expected_events",
+    "replay",
+]
+
+# Small enough that four workers share every 2,000-line file and the
+# progress bar moves smoothly, large enough that task overhead stays small.
+DEFAULT_CHUNK_LINES = 250
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    """What every worker needs to log the way the demo asks."""
+
+    data_dir: Path
+    socket_path: Path
+    service_name: str
+    tenant_id: str
+    rate_per_s: float = 0.0
+    workers: int = 4
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Lines ``start`` to ``stop`` (0-based, stop excluded) of one file."""
+
+    source_file: str
+    start: int
+    stop: int
+    repeat: int
+
+
+def read_sources(data_dir: Path) -> dict[str, list[str]]:
+    """Every sample file's lines, by file name, in ``SOURCES`` order."""
+    return {
+        name: (data_dir / name).read_text(encoding="utf-8").splitlines()
+        for name in SOURCES
+    }
+
+
+def chunks(
+    line_counts: dict[str, int], repeat: int, chunk_lines: int = DEFAULT_CHUNK_LINES
+) -> list[Chunk]:
+    """The pool's tasks: every file in chunks, once per repeat."""
+    return [
+        Chunk(name, start, min(start + chunk_lines, count), index)
+        for index in range(repeat)
+        for name, count in line_counts.items()
+        for start in range(0, count, chunk_lines)
+    ]
+
+
+def expected_events(
+    sources: dict[str, list[str]], repeat: int
+) -> dict[tuple[str, int, int], str]:
+    """Each (file, line number, repeat) the replay will log, with its class."""
+    classes = {
+        (name, line_no): parse_line(name, line_no, text).event_class
+        for name, lines in sources.items()
+        for line_no, text in enumerate(lines, 1)
+    }
+
+    return {
+        (name, line_no, index): event_class
+        for index in range(repeat)
+        for (name, line_no), event_class in classes.items()
+    }
+
+
+def replay(
+    settings: ReplaySettings,
+    tasks: list[Chunk],
+    on_progress: Callable[[int], None] = lambda n: None,
+    start_method: str | None = None,
+) -> Counter[str]:
+    """Log every line of ``tasks`` from a pool; return lines logged per file.
+
+    ``on_progress`` is called in the parent with the number of lines of each
+    finished chunk.
+    """
+    context = multiprocessing.get_context(start_method)
+    logged: Counter[str] = Counter()
+    with context.Pool(
+        settings.workers, initializer=_init_worker, initargs=(settings,)
+    ) as pool:
+        for source_file, count in pool.imap_unordered(_replay_chunk, tasks):
+            logged[source_file] += count
+            on_progress(count)
+        pool.close()
+        pool.join()
+
+    return logged
+
+
+# -- inside a worker process -----------------------------------------------------
+
+_worker: _Worker | None = None
+
+
+class _Pacer:
+    """Sleeps so that calls to ``wait`` happen at most ``rate_per_s`` a second."""
+
+    def __init__(self, rate_per_s: float) -> None:
+        self.interval_s = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
+        self.next_at = 0.0
+
+    def wait(self) -> None:
+        if not self.interval_s:
+            return
+        now = time.monotonic()
+        if self.next_at > now:
+            time.sleep(self.next_at - now)
+        self.next_at = max(self.next_at, now) + self.interval_s
+
+
+class _Worker:
+    """One worker's structlog logger, file cache and pacer."""
+
+    def __init__(self, settings: ReplaySettings) -> None:
+        import structlog
+
+        import zlog
+
+        structlog.configure(
+            processors=[
+                zlog.ZlogProcessor(
+                    service_name=settings.service_name,
+                    socket=str(settings.socket_path),
+                ),
+                _drop,
+            ],
+            cache_logger_on_first_use=True,
+        )
+        self.log = structlog.get_logger("zlog.demo")
+        self.settings = settings
+        self.pacer = _Pacer(settings.rate_per_s / settings.workers)
+        self.lines: dict[str, list[str]] = {}
+
+    def replay(self, chunk: Chunk) -> int:
+        lines = self._lines_of(chunk.source_file)[chunk.start : chunk.stop]
+        for line_no, text in enumerate(lines, chunk.start + 1):
+            event = parse_line(chunk.source_file, line_no, text)
+            fields = dict(event.fields, repeat=chunk.repeat)
+            if event.event_class != "application":
+                fields["tenant_id"] = self.settings.tenant_id
+            self.pacer.wait()
+            getattr(self.log, event.method)(
+                event.message, **fields, sent_at=time.time()
+            )
+
+        return len(lines)
+
+    def _lines_of(self, source_file: str) -> list[str]:
+        if source_file not in self.lines:
+            path = self.settings.data_dir / source_file
+            self.lines[source_file] = path.read_text(encoding="utf-8").splitlines()
+
+        return self.lines[source_file]
+
+
+def _drop(logger: object, method_name: str, event_dict: dict) -> dict:
+    # The processor has sent the event; the demo prints nothing per line.
+    import structlog
+
+    raise structlog.DropEvent
+
+
+def _init_worker(settings: ReplaySettings) -> None:
+    global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker = _Worker(settings)
+
+
+def _replay_chunk(chunk: Chunk) -> tuple[str, int]:
+    assert _worker is not None, f"worker {os.getpid()} was not initialised"
+
+    return chunk.source_file, _worker.replay(chunk)
