@@ -26,6 +26,11 @@ kafka-down: venv
 kafka-status: venv
 	$(PY) scripts/kafka status --port $(KAFKA_PORT)
 
+# Starts Kafka when none listens and stops it afterwards only if it did;
+# extra arguments for zlog demo: make demo DEMO_ARGS="--repeat 10".
+demo: venv
+	VENV=$(VENV) KAFKA_PORT=$(KAFKA_PORT) scripts/demo $(DEMO_ARGS)
+
 test: venv kafka-up
 	ZLOG_TEST_BOOTSTRAP=127.0.0.1:$(KAFKA_PORT) $(PY) -m pytest $(PYTEST_ARGS)
 

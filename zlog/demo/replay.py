@@ -23,7 +23,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zlog.demo.parsers import SOURCES, parse_line
@@ -31,6 +31,7 @@ from zlog.demo.parsers import SOURCES, parse_line
 __all__ = [
     "DEFAULT_CHUNK_LINES",
     "Chunk",
+    "ReplayResult",
     "ReplaySettings",
     "chunks",
     "expected_events",
@@ -101,32 +102,62 @@ def expected_events(
     }
 
 
+@dataclass
+class ReplayResult:
+    """Lines logged per file, and what the workers' emitters dropped."""
+
+    logged: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    unflushed_chunks: int = 0
+
+
 def replay(
     settings: ReplaySettings,
     tasks: list[Chunk],
     on_progress: Callable[[int], None] = lambda n: None,
     start_method: str | None = None,
-) -> Counter[str]:
-    """Log every line of ``tasks`` from a pool; return lines logged per file.
+) -> ReplayResult:
+    """Log every line of ``tasks`` from a pool of worker processes.
 
     ``on_progress`` is called in the parent with the number of lines of each
     finished chunk.
     """
     context = multiprocessing.get_context(start_method)
-    logged: Counter[str] = Counter()
+    result = ReplayResult()
+    drops_by_pid: dict[int, dict[str, int]] = {}
     with context.Pool(
         settings.workers, initializer=_init_worker, initargs=(settings,)
     ) as pool:
-        for source_file, count in pool.imap_unordered(_replay_chunk, tasks):
-            logged[source_file] += count
-            on_progress(count)
+        for done in pool.imap_unordered(_replay_chunk, tasks):
+            result.logged[done.source_file] += done.lines
+            result.unflushed_chunks += not done.flushed
+            drops_by_pid[done.pid] = done.dropped
+            on_progress(done.lines)
         pool.close()
         pool.join()
+    for dropped in drops_by_pid.values():
+        result.dropped.update(dropped)
 
-    return logged
+    return result
 
 
 # -- inside a worker process -----------------------------------------------------
+
+# A chunk of 250 lines reaches a running broker in milliseconds; the bound
+# only matters when the broker is gone.
+FLUSH_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class _ChunkDone:
+    """What a worker reports for each chunk."""
+
+    source_file: str
+    lines: int
+    pid: int
+    flushed: bool
+    dropped: dict[str, int]
+
 
 _worker: _Worker | None = None
 
@@ -154,6 +185,7 @@ class _Worker:
         import structlog
 
         import zlog
+        from zlog.client import emitter
 
         structlog.configure(
             processors=[
@@ -166,11 +198,12 @@ class _Worker:
             cache_logger_on_first_use=True,
         )
         self.log = structlog.get_logger("zlog.demo")
+        self.emitter = emitter
         self.settings = settings
         self.pacer = _Pacer(settings.rate_per_s / settings.workers)
         self.lines: dict[str, list[str]] = {}
 
-    def replay(self, chunk: Chunk) -> int:
+    def replay(self, chunk: Chunk) -> _ChunkDone:
         lines = self._lines_of(chunk.source_file)[chunk.start : chunk.stop]
         for line_no, text in enumerate(lines, chunk.start + 1):
             event = parse_line(chunk.source_file, line_no, text)
@@ -181,8 +214,13 @@ class _Worker:
             getattr(self.log, event.method)(
                 event.message, **fields, sent_at=time.time()
             )
+        # A chunk ends when the broker has everything this worker sent: the
+        # progress bar counts lines the broker holds, and no more than one
+        # chunk waits in this worker's queue.
+        flushed = self.emitter.get_emitter().flush(FLUSH_TIMEOUT_S)
+        dropped = dict(self.emitter.stats().dropped)
 
-        return len(lines)
+        return _ChunkDone(chunk.source_file, len(lines), os.getpid(), flushed, dropped)
 
     def _lines_of(self, source_file: str) -> list[str]:
         if source_file not in self.lines:
@@ -205,7 +243,7 @@ def _init_worker(settings: ReplaySettings) -> None:
     _worker = _Worker(settings)
 
 
-def _replay_chunk(chunk: Chunk) -> tuple[str, int]:
+def _replay_chunk(chunk: Chunk) -> _ChunkDone:
     assert _worker is not None, f"worker {os.getpid()} was not initialised"
 
-    return chunk.source_file, _worker.replay(chunk)
+    return _worker.replay(chunk)

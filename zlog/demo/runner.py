@@ -139,7 +139,7 @@ class DemoRun:
         broker.start()
         print(self._banner(total, broker))
         started = time.perf_counter()
-        logged = self._replay(broker, line_counts, total)
+        result = self._replay(broker, line_counts, total)
         replay_s = time.perf_counter() - started
 
         print("zlog demo: stopping the broker (SIGTERM drains it into Kafka)")
@@ -154,7 +154,9 @@ class DemoRun:
         )
         verdict = verify.judge(arrivals, expected, topic_of_class)
         figures = verify.ReplayFigures(
-            lines_by_source={name: logged.get(name, 0) for name in sources},
+            lines_by_source={name: result.logged.get(name, 0) for name in sources},
+            emitter_drops=dict(result.dropped),
+            unflushed_chunks=result.unflushed_chunks,
             repeat=self.repeat,
             workers=self.workers,
             replay_s=replay_s,
@@ -167,7 +169,9 @@ class DemoRun:
 
         return 0 if verdict.passed and broker_exit_code == 0 else 1
 
-    def _replay(self, broker: BrokerProcess, line_counts: dict[str, int], total: int):
+    def _replay(
+        self, broker: BrokerProcess, line_counts: dict[str, int], total: int
+    ) -> replay.ReplayResult:
         from tqdm import tqdm
 
         settings = replay.ReplaySettings(

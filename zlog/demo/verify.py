@@ -221,6 +221,8 @@ class ReplayFigures:
     workers: int
     replay_s: float
     broker_exit_code: int | None
+    emitter_drops: Mapping[str, int] = field(default_factory=dict)
+    unflushed_chunks: int = 0
 
 
 def render_report(
@@ -307,6 +309,17 @@ def _figures_lines(
             )
         )
     lines += _latency_lines(arrivals, label)
+    drops = ", ".join(
+        f"{n:,} {why}" for why, n in sorted(figures.emitter_drops.items())
+    )
+    lines.append(label.format("dropped", drops or "none by the workers' emitters"))
+    if figures.unflushed_chunks:
+        lines.append(
+            label.format(
+                "unflushed",
+                f"{figures.unflushed_chunks:,} chunks not confirmed by the broker",
+            )
+        )
     if figures.broker_exit_code is not None:
         lines.append(label.format("broker", f"exit code {figures.broker_exit_code}"))
 
