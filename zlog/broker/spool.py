@@ -38,13 +38,14 @@ import contextlib
 import enum
 import os
 import sqlite3
+import struct
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import BinaryIO, Self
 
 from zlog import protocol
 from zlog.errors import ConfigError, ZlogError
@@ -86,6 +87,9 @@ WAL_SIZE_LIMIT_BYTES = 64 << 20
 SALVAGE_CHUNK_ROWS = 512
 
 SCHEMA_VERSION = 1
+
+# Origin sequence numbers are unsigned 64-bit; SQLite stores signed ones.
+_U64_RANGE = 1 << 64
 
 # Classes whose events are never evicted under the default policy.
 PROTECTED_CLASSES = frozenset({EventClass.AUDIT, EventClass.SECURITY})
@@ -340,7 +344,7 @@ class Spool:
 
     def remove(self, ids: Iterable[int]) -> int:
         """Remove the records with these ids; return how many were there."""
-        return self._remove("id = ?", [(i,) for i in ids])
+        return self._remove("id = ?", [(i,) for i in sorted(set(ids))])
 
     @property
     def count(self) -> int:
@@ -501,7 +505,8 @@ class Spool:
             self._bytes -= sizes
             if self.count == 0:
                 # Give the pages of a drained spool back to the file system.
-                connection.execute("PRAGMA incremental_vacuum").fetchall()
+                # (executescript, because execute would free one page per call)
+                connection.executescript("PRAGMA incremental_vacuum;")
 
         return counts.total()
 
@@ -522,7 +527,7 @@ class Spool:
             value=value,
             host=host,
             pid=pid,
-            seq=seq,
+            seq=seq % _U64_RANGE,
             wants_ack=bool(wants_ack),
         )
 
@@ -661,6 +666,21 @@ def _sync_directory(directory: Path) -> None:
 def _salvage(corrupt_path: Path) -> list[_Row]:
     """Read what rows can be read from a damaged spool, in id order.
 
+    SQL first, through the b-tree and the WAL. When that stumbles over a bad
+    page, the file's table leaf pages are also read directly, which finds rows
+    whose interior pages were lost (a file cut short); a row read both ways is
+    taken from SQL.
+    """
+    rows, complete = _select_salvageable(corrupt_path)
+    if not complete:
+        rows = _scan_leaf_pages(corrupt_path) | rows
+
+    return [rows[i] for i in sorted(rows)]
+
+
+def _select_salvageable(corrupt_path: Path) -> tuple[dict[int, _Row], bool]:
+    """Rows by id that SQL can read, and whether it read without an error.
+
     Reads in chunks; at a bad page it falls back to one row at a time, then
     skips ids (1, 2, 4, ...) until reads succeed again, up to the highest id
     the file ever gave out.
@@ -669,34 +689,32 @@ def _salvage(corrupt_path: Path) -> list[_Row]:
     try:
         connection = sqlite3.connect(uri, uri=True, isolation_level=None)
     except sqlite3.Error:
-        return []
+        return {}, False
+    rows: dict[int, _Row] = {}
+    complete = True
     try:
-        return _read_salvageable(connection)
+        highest_id = _highest_id(connection)
+        after_id, limit, skip = 0, SALVAGE_CHUNK_ROWS, 1
+        while True:
+            try:
+                chunk = connection.execute(_SELECT_AFTER, (after_id, limit)).fetchall()
+            except sqlite3.Error:
+                complete = False
+                if limit > 1:
+                    limit = 1
+                elif after_id < highest_id:
+                    after_id, skip = after_id + skip, skip * 2
+                else:
+                    break
+                continue
+            if not chunk:
+                break
+            rows |= {row[0]: row[1:] for row in chunk if _looks_valid(row)}
+            after_id, limit, skip = chunk[-1][0], SALVAGE_CHUNK_ROWS, 1
     finally:
         connection.close()
 
-
-def _read_salvageable(connection: sqlite3.Connection) -> list[_Row]:
-    highest_id = _highest_id(connection)
-    rows: list[_Row] = []
-    after_id, limit, skip = 0, SALVAGE_CHUNK_ROWS, 1
-    while True:
-        try:
-            chunk = connection.execute(_SELECT_AFTER, (after_id, limit)).fetchall()
-        except sqlite3.Error:
-            if limit > 1:
-                limit = 1
-            elif after_id < highest_id:
-                after_id, skip = after_id + skip, skip * 2
-            else:
-                break
-            continue
-        if not chunk:
-            break
-        rows += [row[1:] for row in chunk if _looks_valid(row)]
-        after_id, limit, skip = chunk[-1][0], SALVAGE_CHUNK_ROWS, 1
-
-    return rows
+    return rows, complete
 
 
 def _highest_id(connection: sqlite3.Connection) -> int:
@@ -707,6 +725,136 @@ def _highest_id(connection: sqlite3.Connection) -> int:
         return 0
 
     return row[0] if row and isinstance(row[0], int) else 0
+
+
+# The SQLite file format, as far as reading table rows needs it
+# (sqlite.org/fileformat2.html): a 100-byte header on page 1, then pages.
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_TABLE_LEAF_PAGE = 0x0D
+_SPOOL_COLUMNS = 12
+
+
+def _scan_leaf_pages(path: Path) -> dict[int, _Row]:
+    """Rows by id found by reading the file's table leaf pages directly.
+
+    Pages the readable part of the freelist names are skipped: they hold rows
+    removed already. A row too large for one page (an envelope over about
+    4 KB) spills into overflow pages and is not recovered this way.
+    """
+    rows: dict[int, _Row] = {}
+    try:
+        with open(path, "rb") as file:
+            header = file.read(100)
+            if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+                return rows
+            page_bytes = int.from_bytes(header[16:18]) or 1
+            page_bytes = 65536 if page_bytes == 1 else page_bytes
+            usable_bytes = page_bytes - header[20]
+            free_pages = _freelist_pages(file, header, page_bytes)
+            file.seek(0)
+            number = 0
+            while page := file.read(page_bytes):
+                number += 1
+                if number in free_pages:
+                    continue
+                start = 100 if number == 1 else 0
+                for row_id, values in _leaf_cells(page, start, usable_bytes):
+                    row = (row_id, *values[1:])
+                    if len(values) == _SPOOL_COLUMNS and _looks_valid(row):
+                        rows[row_id] = row[1:]
+    except OSError:
+        pass
+
+    return rows
+
+
+def _freelist_pages(file: BinaryIO, header: bytes, page_bytes: int) -> set[int]:
+    """The page numbers on the freelist, as far as its trunk pages can be read."""
+    free: set[int] = set()
+    trunk = int.from_bytes(header[32:36])
+    while trunk and trunk not in free:
+        free.add(trunk)
+        file.seek((trunk - 1) * page_bytes)
+        page = file.read(page_bytes)
+        if len(page) < 8:
+            break
+        count = min(int.from_bytes(page[4:8]), (len(page) - 8) // 4)
+        free.update(int.from_bytes(page[8 + 4 * i : 12 + 4 * i]) for i in range(count))
+        trunk = int.from_bytes(page[:4])
+
+    return free
+
+
+def _leaf_cells(page: bytes, start: int, usable_bytes: int) -> Iterator[tuple]:
+    """(rowid, column values) of each readable cell on a table leaf page."""
+    if len(page) <= start + 8 or page[start] != _TABLE_LEAF_PAGE:
+        return
+    cell_count = int.from_bytes(page[start + 3 : start + 5])
+    max_local_bytes = usable_bytes - 35
+    for pointer in range(start + 8, start + 8 + 2 * cell_count, 2):
+        try:
+            offset = int.from_bytes(page[pointer : pointer + 2])
+            payload_bytes, offset = _varint(page, offset)
+            row_id, offset = _varint(page, offset)
+            if payload_bytes > max_local_bytes:
+                continue
+            values = _record(page[offset : offset + payload_bytes])
+        except (IndexError, ValueError):
+            continue
+        yield _to_signed64(row_id), values
+
+
+def _varint(data: bytes, offset: int) -> tuple[int, int]:
+    """A SQLite varint at ``offset``: its value and the offset after it."""
+    value = 0
+    for i in range(8):
+        byte = data[offset + i]
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value, offset + i + 1
+
+    return (value << 8) | data[offset + 8], offset + 9
+
+
+# Serial types 1 to 7: big-endian integers of these sizes, then a float.
+_FIXED_SIZES = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 6, 6: 8, 7: 8, 8: 0, 9: 0}
+
+
+def _record(payload: bytes) -> list:
+    """The column values of one record, or ValueError if it does not parse."""
+    header_bytes, offset = _varint(payload, 0)
+    serial_types = []
+    while offset < header_bytes:
+        serial_type, offset = _varint(payload, offset)
+        serial_types.append(serial_type)
+    values = []
+    offset = header_bytes
+    for serial_type in serial_types:
+        if serial_type in (10, 11):
+            raise ValueError(f"reserved serial type {serial_type}")
+        size = _FIXED_SIZES.get(serial_type, (serial_type - 12) // 2)
+        data = payload[offset : offset + size]
+        if len(data) != size:
+            raise ValueError("record runs past its cell")
+        values.append(_serial_value(serial_type, data))
+        offset += size
+
+    return values
+
+
+def _serial_value(serial_type: int, data: bytes) -> object:
+    if serial_type == 0:
+        return None
+    if serial_type == 7:
+        return struct.unpack(">d", data)[0]
+    if serial_type in (8, 9):
+        return serial_type - 8
+    if serial_type < 12:
+        return int.from_bytes(data, signed=True)
+    if serial_type % 2 == 0:
+        return data
+
+    return data.decode()
 
 
 def _looks_valid(row: tuple) -> bool:
@@ -746,11 +894,16 @@ def _row(event: Event, now_ms: int) -> _Row:
         event.value,
         event.host,
         event.pid,
-        event.seq,
+        _to_signed64(event.seq),
         int(event.wants_ack),
         now_ms,
         size_bytes,
     )
+
+
+def _to_signed64(n: int) -> int:
+    """An origin sequence number (unsigned 64-bit) as SQLite's signed INTEGER."""
+    return n - _U64_RANGE if n >= _U64_RANGE // 2 else n
 
 
 def _by_origin(
