@@ -131,8 +131,11 @@ async def read_topics(
     """
     import asyncio
 
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
+    partitions = await _partitions_of(bootstrap_servers, list(topics))
+    if not partitions:
+        return []
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=None,
@@ -141,12 +144,6 @@ async def read_topics(
     )
     await consumer.start()
     try:
-        partitions = []
-        for topic in topics:
-            numbers = await _partitions_of(consumer, topic)
-            partitions += [TopicPartition(topic, n) for n in sorted(numbers)]
-        if not partitions:
-            return []
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         end_offsets = await consumer.end_offsets(partitions)
@@ -158,13 +155,25 @@ async def read_topics(
         await consumer.stop()
 
 
-async def _partitions_of(consumer, topic: str) -> set[int]:
-    # topics() refreshes the metadata of the whole cluster, so a topic created
-    # after the consumer started is known afterwards.
-    if topic not in await consumer.topics():
-        return set()
+async def _partitions_of(bootstrap_servers: str, topics: list[str]) -> list:
+    # Asked of the admin client: a consumer's own metadata may predate topics
+    # created moments ago by this run.
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
 
-    return consumer.partitions_for_topic(topic) or set()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+
+    return [
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        if topic["error_code"] == 0
+        for partition in sorted(topic["partitions"], key=lambda p: p["partition"])
+    ]
 
 
 async def _read_until(consumer, end_offsets) -> list[Arrival]:
