@@ -329,7 +329,7 @@ def replace_with_other_database(path: Path) -> None:
     [
         pytest.param(write_garbage_page, True, id="garbage-page"),
         pytest.param(truncate_to_half, True, id="truncated"),
-        pytest.param(overwrite_header, False, id="garbage-header"),
+        pytest.param(overwrite_header, True, id="garbage-header"),
         pytest.param(replace_with_text, False, id="not-sqlite"),
         pytest.param(replace_with_other_database, False, id="other-database"),
     ],

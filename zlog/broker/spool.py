@@ -83,6 +83,10 @@ LOCK_TIMEOUT_S = 2.0
 # writes does not leave a large WAL file behind.
 WAL_SIZE_LIMIT_BYTES = 64 << 20
 
+# SQLite's default page size, set explicitly so that salvage can read pages
+# even when the file header that records the size is lost.
+PAGE_BYTES = 4096
+
 # Rows read per query when salvaging a damaged file.
 SALVAGE_CHUNK_ROWS = 512
 
@@ -120,6 +124,10 @@ _COLUMNS = (
     "size_bytes"
 )
 _INSERT = f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_SALVAGED = (
+    f"INSERT OR IGNORE INTO records (id, {_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _SELECT_AFTER = f"SELECT id, {_COLUMNS} FROM records WHERE id > ? ORDER BY id LIMIT ?"
 _SELECT_EVICTABLE = f"""
     SELECT id, class, host, pid, size_bytes FROM records
@@ -276,17 +284,18 @@ class Spool:
         _make_directory(path.parent)
         try:
             connection = _connect(path)
-            recovery, rows = None, []
+            recovery = None
         except _Damaged as damage:
             corrupt_path = _set_aside(path)
-            rows = _salvage(corrupt_path)
             connection = _connect(path)
-            recovery = Recovery(path, corrupt_path, str(damage), len(rows))
-        spool = cls(path, connection, max_bytes, drop_policy, recovery)
-        if rows:
-            spool._store(rows)
+            try:
+                salvaged = _salvage(corrupt_path, connection, max_bytes)
+            except sqlite3.Error as exc:
+                connection.close()
+                raise _translate(exc, path, "write") from exc
+            recovery = Recovery(path, corrupt_path, str(damage), salvaged)
 
-        return spool
+        return cls(path, connection, max_bytes, drop_policy, recovery)
 
     def append(self, events: Sequence[Event]) -> AppendResult:
         """Store a batch of events in one transaction, behind those stored.
@@ -607,8 +616,9 @@ def _prepare(connection: sqlite3.Connection) -> None:
     # Exclusive locking before the first read: one broker per file, and in
     # WAL mode no shared-memory file is needed.
     connection.execute("PRAGMA locking_mode = EXCLUSIVE")
-    # Only takes effect on a new file, before the table exists.
+    # These two only take effect on a new file, before the table exists.
     connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    connection.execute(f"PRAGMA page_size = {PAGE_BYTES}")
     connection.execute("PRAGMA journal_mode = WAL")
     # An appended event is acknowledged as safe: its commit must survive a
     # power loss, not only a crash of the process (which NORMAL would give).
@@ -663,23 +673,51 @@ def _sync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def _salvage(corrupt_path: Path) -> list[_Row]:
-    """Read what rows can be read from a damaged spool, in id order.
+def _salvage(corrupt_path: Path, connection: sqlite3.Connection, max_bytes: int) -> int:
+    """Copy what rows can be read from a damaged spool into a fresh one.
 
     SQL first, through the b-tree and the WAL. When that stumbles over a bad
     page, the file's table leaf pages are also read directly, which finds rows
     whose interior pages were lost (a file cut short); a row read both ways is
-    taken from SQL.
+    kept as SQL read it. Rows keep their ids, so the replay order holds; they
+    are copied in one transaction, a chunk at a time, up to ``max_bytes``.
+    Returns how many rows were copied.
     """
-    rows, complete = _select_salvageable(corrupt_path)
-    if not complete:
-        rows = _scan_leaf_pages(corrupt_path) | rows
+    sink = _SalvageSink(connection, max_bytes)
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        if not _select_salvageable(corrupt_path, sink):
+            _scan_leaf_pages(corrupt_path, sink)
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.rollback()
+        raise
 
-    return [rows[i] for i in sorted(rows)]
+    return sink.copied
 
 
-def _select_salvageable(corrupt_path: Path) -> tuple[dict[int, _Row], bool]:
-    """Rows by id that SQL can read, and whether it read without an error.
+class _SalvageSink:
+    """Inserts salvaged rows, ids included, until the spool's bound is reached."""
+
+    def __init__(self, connection: sqlite3.Connection, max_bytes: int) -> None:
+        self._connection = connection
+        self._free_bytes = max_bytes
+        self.copied = 0
+
+    def add(self, rows: list[tuple]) -> None:
+        """Insert rows (id first); a row whose id is already there is skipped."""
+        fitting = []
+        for row in rows:
+            if _looks_valid(row) and row[-1] <= self._free_bytes:
+                fitting.append(row)
+                self._free_bytes -= row[-1]
+        before = self._connection.total_changes
+        self._connection.executemany(_INSERT_SALVAGED, fitting)
+        self.copied += self._connection.total_changes - before
+
+
+def _select_salvageable(corrupt_path: Path, sink: _SalvageSink) -> bool:
+    """Copy the rows SQL can read; return whether it read them without an error.
 
     Reads in chunks; at a bad page it falls back to one row at a time, then
     skips ids (1, 2, 4, ...) until reads succeed again, up to the highest id
@@ -687,17 +725,16 @@ def _select_salvageable(corrupt_path: Path) -> tuple[dict[int, _Row], bool]:
     """
     uri = f"{corrupt_path.absolute().as_uri()}?mode=ro"
     try:
-        connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+        source = sqlite3.connect(uri, uri=True, isolation_level=None)
     except sqlite3.Error:
-        return {}, False
-    rows: dict[int, _Row] = {}
+        return False
     complete = True
     try:
-        highest_id = _highest_id(connection)
+        highest_id = _highest_id(source)
         after_id, limit, skip = 0, SALVAGE_CHUNK_ROWS, 1
         while True:
             try:
-                chunk = connection.execute(_SELECT_AFTER, (after_id, limit)).fetchall()
+                chunk = source.execute(_SELECT_AFTER, (after_id, limit)).fetchall()
             except sqlite3.Error:
                 complete = False
                 if limit > 1:
@@ -709,12 +746,12 @@ def _select_salvageable(corrupt_path: Path) -> tuple[dict[int, _Row], bool]:
                 continue
             if not chunk:
                 break
-            rows |= {row[0]: row[1:] for row in chunk if _looks_valid(row)}
+            sink.add(chunk)
             after_id, limit, skip = chunk[-1][0], SALVAGE_CHUNK_ROWS, 1
     finally:
-        connection.close()
+        source.close()
 
-    return rows, complete
+    return complete
 
 
 def _highest_id(connection: sqlite3.Connection) -> int:
@@ -734,23 +771,23 @@ _TABLE_LEAF_PAGE = 0x0D
 _SPOOL_COLUMNS = 12
 
 
-def _scan_leaf_pages(path: Path) -> dict[int, _Row]:
-    """Rows by id found by reading the file's table leaf pages directly.
+def _scan_leaf_pages(path: Path, sink: _SalvageSink) -> None:
+    """Copy the rows found by reading the file's table leaf pages directly.
 
     Pages the readable part of the freelist names are skipped: they hold rows
-    removed already. A row too large for one page (an envelope over about
-    4 KB) spills into overflow pages and is not recovered this way.
+    removed already. With the file header lost, pages are taken to be
+    ``PAGE_BYTES`` long and no freelist is known, so removed rows may come
+    back (replayed twice rather than lost). A row too large for one page
+    (an envelope over about 4 KB) spills into overflow pages and is not
+    recovered this way.
     """
-    rows: dict[int, _Row] = {}
     try:
         with open(path, "rb") as file:
             header = file.read(100)
-            if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-                return rows
-            page_bytes = int.from_bytes(header[16:18]) or 1
-            page_bytes = 65536 if page_bytes == 1 else page_bytes
-            usable_bytes = page_bytes - header[20]
-            free_pages = _freelist_pages(file, header, page_bytes)
+            page_bytes, usable_bytes = _page_geometry(header)
+            free_pages = set()
+            if header.startswith(_SQLITE_MAGIC):
+                free_pages = _freelist_pages(file, header, page_bytes)
             file.seek(0)
             number = 0
             while page := file.read(page_bytes):
@@ -758,14 +795,20 @@ def _scan_leaf_pages(path: Path) -> dict[int, _Row]:
                 if number in free_pages:
                     continue
                 start = 100 if number == 1 else 0
-                for row_id, values in _leaf_cells(page, start, usable_bytes):
-                    row = (row_id, *values[1:])
-                    if len(values) == _SPOOL_COLUMNS and _looks_valid(row):
-                        rows[row_id] = row[1:]
+                cells = _leaf_cells(page, start, usable_bytes)
+                sink.add([(i, *v[1:]) for i, v in cells if len(v) == _SPOOL_COLUMNS])
     except OSError:
         pass
 
-    return rows
+
+def _page_geometry(header: bytes) -> tuple[int, int]:
+    """Page size and usable bytes per page, from the header if it is readable."""
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        return PAGE_BYTES, PAGE_BYTES
+    page_bytes = int.from_bytes(header[16:18])
+    page_bytes = 65536 if page_bytes == 1 else page_bytes or PAGE_BYTES
+
+    return page_bytes, page_bytes - header[20]
 
 
 def _freelist_pages(file: BinaryIO, header: bytes, page_bytes: int) -> set[int]:
