@@ -239,7 +239,10 @@ def _drop(logger: object, method_name: str, event_dict: dict) -> dict:
 
 def _init_worker(settings: ReplaySettings) -> None:
     global _worker
+    # Ctrl-C is the parent's to handle; SIGTERM (pool.terminate) ends the
+    # worker at once, whatever handler a forked worker inherited.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _worker = _Worker(settings)
 
 
