@@ -363,6 +363,21 @@ def test_damaged_file_is_set_aside_and_a_fresh_spool_starts(
     assert after == len(salvaged) + 1
 
 
+def test_salvage_keeps_the_order_and_the_bound(tmp_path: Path) -> None:
+    """Salvaged events keep their ids and stop at the new spool's max_bytes."""
+    path = tmp_path / "spool.db"
+    with Spool.open(path) as spool:
+        spool.append([make_event(i, AUDIT) for i in range(50)])
+        spool.remove_through(10)
+    overwrite_header(path)
+
+    with Spool.open(path, max_bytes=20 * size_of(100)) as spool:
+        records = spool.peek(100, 10**9)
+
+    assert [r.id for r in records] == list(range(11, 31))
+    assert [r.event.seq for r in records] == list(range(10, 30))
+
+
 def test_recovered_spool_opens_cleanly_next_time(tmp_path: Path) -> None:
     """After a recovery the new spool is whole, so the next open reports nothing."""
     path = tmp_path / "spool.db"
