@@ -48,6 +48,7 @@ from zlog.broker.config import BrokerConfig
 from zlog.broker.listener import Listener
 from zlog.broker.logs import RateLimiter, get_logger
 from zlog.broker.publisher import OpenBatch, Publisher
+from zlog.broker.routing import Routes
 from zlog.broker.stats import CLASS_NAMES, Stats
 
 __all__ = ["Broker", "run_broker"]
@@ -76,6 +77,7 @@ class Broker:
             max_frame_bytes=config.max_frame_bytes,
         )
         self.publisher = Publisher(config, self.stats, self.reply)
+        self.routes = Routes(*config.topics)
         self.socket: zmq.Socket | None = None
         self.state = "starting"
         self._stopping = False
@@ -87,7 +89,7 @@ class Broker:
         self.socket = self.listener.bind()
         self.log.info("bound", socket=str(self.config.socket_path))
         try:
-            await self.publisher.start()
+            await self._start_publisher()
             self.log.info(
                 "kafka_connected",
                 bootstrap_servers=self.config.bootstrap_servers,
@@ -102,6 +104,13 @@ class Broker:
         finally:
             self._unwatch()
             self.listener.close()
+
+    async def _start_publisher(self) -> None:
+        try:
+            await self.publisher.start()
+        except BaseException:
+            await self.publisher.stop(timeout_s=5.0)
+            raise
 
     def stop(self) -> None:
         """Ask the receive loop to stop reading and drain."""
@@ -167,7 +176,7 @@ class Broker:
         """The per-event path: decode, count, append to a batch. Kept lean."""
         decode = protocol.decode
         publisher = self.publisher
-        topics = (None, *self.config.topics)
+        topics = self.routes.by_class
         received = self.stats.received
         note_sequence = self.stats.note_sequence
         partition_maps: dict[str, dict] = {}

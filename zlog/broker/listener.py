@@ -76,33 +76,43 @@ class Listener:
         self.mode = mode
         self.group = group
         self.max_frame_bytes = max_frame_bytes
-        self.context = zmq.Context()
+        self.context: zmq.Context | None = None
         self.socket: zmq.Socket | None = None
         self._lock_fd: int | None = None
 
     def bind(self) -> zmq.Socket:
         """Take the path as described in the module docstring; return the socket."""
         check_socket_path(self.path)
-        self._make_directory()
-        self._take_lock()
-        self._remove_stale_socket()
-        self.socket = self._bind_router()
-        self._set_owner_and_mode()
+        self.context = zmq.Context()
+        try:
+            self._make_directory()
+            self._take_lock()
+            self._remove_stale_socket()
+            self.socket = self._bind_router()
+            self._set_owner_and_mode()
+        except BaseException:
+            self.close()
+            raise
 
         return self.socket
 
     def stop_accepting(self) -> None:
         """Remove the socket file so new emitters cannot connect; others stay."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        # Only a broker that bound the path may remove it: a refused one must
+        # leave the live broker's socket alone.
+        if self.socket is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     def close(self) -> None:
         """Close the socket (queued replies get a short grace) and the lock."""
         if self.socket is not None:
+            self.stop_accepting()
             self.socket.close(linger=CLOSE_LINGER_MS)
             self.socket = None
-        self.stop_accepting()
-        self.context.term()
+        if self.context is not None:
+            self.context.term()
+            self.context = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

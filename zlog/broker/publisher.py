@@ -70,6 +70,19 @@ class Publisher:
         self.warnings = RateLimiter()
         self.kafka_state = "starting"
         self.last_error: str | None = None
+        # Made in start(): aiokafka binds its producer to the running loop.
+        self.producer: AIOKafkaProducer | None = None
+        # topic -> key -> partition; None maps to this cycle's sticky partition.
+        self._partitions: dict[str, dict[bytes | None, int]] = {}
+        self._partitions_built = time.monotonic()
+        self._unknown_topics: dict[str, float] = {}
+        self._in_flight: set[asyncio.Future] = set()
+
+    async def start(self) -> None:
+        """Create the topics if allowed, connect, and learn their partitions."""
+        config = self.config
+        if config.create_topics:
+            await self._ensure_topics()
         self.producer = AIOKafkaProducer(
             bootstrap_servers=config.bootstrap_servers,
             acks="all",
@@ -79,16 +92,6 @@ class Publisher:
             max_batch_size=config.max_batch_bytes,
             client_id="zlog-broker",
         )
-        # topic -> key -> partition; None maps to this cycle's sticky partition.
-        self._partitions: dict[str, dict[bytes | None, int]] = {}
-        self._partitions_built = time.monotonic()
-        self._unknown_topics: dict[str, float] = {}
-        self._in_flight: set[asyncio.Future] = set()
-
-    async def start(self) -> None:
-        """Create the topics if allowed, connect, and learn their partitions."""
-        if self.config.create_topics:
-            await self._ensure_topics()
         await self.producer.start()
         for topic in self.config.topics:
             await self.producer.partitions_for(topic)
@@ -243,6 +246,8 @@ class Publisher:
 
     async def stop(self, timeout_s: float) -> None:
         """Close the producer; gives up after ``timeout_s`` when Kafka is gone."""
+        if self.producer is None:
+            return
         try:
             await asyncio.wait_for(self.producer.stop(), timeout_s)
         except TimeoutError:
