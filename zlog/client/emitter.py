@@ -1,0 +1,596 @@
+"""The emitter: the one object per process that hands events to the broker.
+
+How it works
+------------
+
+Each thread that emits gets its own ZeroMQ DEALER socket (a *channel*)
+connected to the broker's ROUTER over ``ipc://``. ZeroMQ sockets must not be
+shared between threads; a per-thread socket needs no lock on the send path,
+and an acknowledgment comes back on the socket of the thread that waits for
+it, so no thread has to sort out replies for another. ``docs/client.md``
+gives the measurements behind this choice.
+
+Sending never waits longer than a bound:
+
+- an application event is sent with ``NOBLOCK``; when ZeroMQ cannot queue it
+  (no broker connected, or ``queue_events`` already queued) it is dropped and
+  counted under ``broker_unavailable``. A socket only just opened waits up to
+  ``connect_grace_ms`` once, so the first line a process logs is not lost to
+  the connection still being set up;
+- an audit or security event asks for an acknowledgment and waits at most
+  ``ack_timeout_s`` for the broker to connect and acknowledge it.
+
+The socket connects with ``IMMEDIATE`` set, so nothing queues for a broker
+that is not there: every loss is a counted drop, never a silent one. The
+counts not yet reported ride to the broker in a drop report right after the
+next event that goes through. ZeroMQ reconnects by itself when the broker
+restarts.
+
+Fork: ``os.register_at_fork`` forgets the parent's emitter in the child (and
+keeps a reference to it, so that not even garbage collection touches the
+parent's context there). The child builds its own emitter on first use.
+
+Exit: ``atexit`` (and ``multiprocessing``'s finalizers, because pool workers
+leave through ``os._exit``) close every socket with a linger of
+``linger_ms`` (default 1 s) and terminate the context; with no broker there
+is nothing queued and exit is immediate.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+import zmq.backend
+
+from zlog import endpoint, protocol
+from zlog.protocol import EventClass
+
+__all__ = [
+    "DEFAULT_ACK_TIMEOUT_S",
+    "DEFAULT_CONNECT_GRACE_MS",
+    "DEFAULT_LINGER_MS",
+    "DEFAULT_QUEUE_EVENTS",
+    "DropReason",
+    "Emitter",
+    "EmitterStats",
+    "close",
+    "configure",
+    "get_emitter",
+    "stats",
+]
+
+# The old publisher bounded each send_and_wait by 5 s; audit callers keep it.
+DEFAULT_ACK_TIMEOUT_S = 5.0
+
+# The brief for the client: exit may wait at most one second for the broker.
+DEFAULT_LINGER_MS = 1000
+
+# Events a thread may have queued for the broker (ZeroMQ's send high-water
+# mark). 10,000 envelopes of ~500 bytes is 5 MB: a few milliseconds of a
+# stalled broker at full speed, well over a second at ordinary log rates.
+DEFAULT_QUEUE_EVENTS = 10_000
+
+# An ipc connect completes in well under a millisecond on an idle machine;
+# 100 ms covers a loaded one, and is paid once per thread, only without broker.
+DEFAULT_CONNECT_GRACE_MS = 100
+
+# ZeroMQ retries a lost connection every 100 ms, backing off to 1 s.
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 1000
+
+_MORE = zmq.NOBLOCK | zmq.SNDMORE
+_LAST = zmq.NOBLOCK
+
+# pyzmq's Socket.send adds a Python layer that costs more than ZeroMQ itself
+# (about 0.8 µs a frame); the compiled method underneath takes the same
+# arguments we pass, so the hot path calls it directly.
+_send_frame = zmq.backend.Socket.send
+
+
+class DropReason:
+    """Why an event was dropped: the labels of the drop counts."""
+
+    BROKER_UNAVAILABLE = "broker_unavailable"  # no broker, or the queue is full
+    INVALID = "invalid"  # the event failed validation
+    TOO_LARGE = "too_large"  # context over 64 KiB or envelope over 1 MiB
+    CLOSED = "closed"  # emitted after the emitter closed (interpreter exit)
+    ERROR = "error"  # an unexpected failure inside the client
+
+
+@dataclass
+class EmitterStats:
+    """What an emitter did, since it was created.
+
+    Attributes:
+        sent: events handed to ZeroMQ.
+        acked: events the broker acknowledged.
+        nacked: events the broker refused.
+        unacked: events sent with a wait for an ack that did not come in time
+            (the broker may still have published them).
+        dropped: events never sent, by reason (see ``DropReason``).
+        reported: drops already told to the broker, by reason.
+    """
+
+    sent: int = 0
+    acked: int = 0
+    nacked: int = 0
+    unacked: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    reported: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+
+class _Channel:
+    """One thread's socket and that thread's counts (so they need no lock)."""
+
+    __slots__ = ("acked", "grace_until", "nacked", "sent", "socket", "thread")
+
+    def __init__(self, sock: zmq.Socket, grace_until: float) -> None:
+        self.socket = sock
+        self.thread = threading.current_thread()
+        self.grace_until = grace_until
+        self.sent = 0
+        self.acked = 0
+        self.nacked = 0
+
+
+class Emitter:
+    """Sends events to the broker; safe to share between threads.
+
+    Most code never makes one: ``get_emitter()`` returns this process's.
+
+    Args:
+        socket_path: the broker's socket (default: ``resolve_socket_path()``).
+        ack_timeout_s: the longest an acknowledged send waits.
+        linger_ms: how long ``close`` waits for queued events to leave.
+        queue_events: events one thread may have queued before drops begin.
+        connect_grace_ms: how long the first send on a new socket may wait
+            for the connection; 0 never waits.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        *,
+        ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S,
+        linger_ms: int = DEFAULT_LINGER_MS,
+        queue_events: int = DEFAULT_QUEUE_EVENTS,
+        connect_grace_ms: int = DEFAULT_CONNECT_GRACE_MS,
+    ) -> None:
+        self.socket_path: Path = endpoint.resolve_socket_path(socket_path)
+        self.endpoint = endpoint.ipc_endpoint(self.socket_path)
+        self.ack_timeout_s = ack_timeout_s
+        self.linger_ms = linger_ms
+        self.queue_events = queue_events
+        self.connect_grace_ms = connect_grace_ms
+        self.pid = os.getpid()
+        self.host = socket.gethostname().encode()[: protocol.MAX_HOST_BYTES]
+        self._generation = _fork_generation
+        self._context: zmq.Context | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._channels: list[_Channel] = []
+        self._retired = EmitterStats()
+        self._unacked = 0
+        self._dropped: dict[str, int] = {}
+        self._unreported: dict[str, int] = {}
+        self._reported: dict[str, int] = {}
+        self._seq = itertools.count(1)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Emitter pid={self.pid} endpoint={self.endpoint!r}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send(
+        self,
+        event_class: EventClass,
+        value: bytes,
+        key: bytes = b"",
+        headers: bytes = b"",
+        *,
+        topic: bytes = b"",
+        wants_ack: bool = False,
+        timeout_s: float | None = None,
+    ) -> bool:
+        """Send one serialized envelope; never raises.
+
+        Args:
+            event_class: routes the event to its topic (``TOPIC`` with ``topic``).
+            value: the envelope (a JSON object, UTF-8).
+            key: the Kafka partition key.
+            headers: Kafka headers packed by ``protocol.encode_headers``.
+            topic: an explicit topic, only with ``EventClass.TOPIC``.
+            wants_ack: wait for the broker's acknowledgment.
+            timeout_s: the longest to wait for it (default ``ack_timeout_s``).
+
+        Returns:
+            True when the event was queued (or, with ``wants_ack``, acknowledged).
+        """
+        if self._generation != _fork_generation:
+            return False
+        try:
+            channel = self._local.channel
+        except AttributeError:
+            channel = self._open_channel()
+            if channel is None:
+                return False
+        seq = next(self._seq)
+        frames = protocol.encode_event(
+            event_class,
+            value,
+            host=self.host,
+            pid=self.pid,
+            seq=seq,
+            key=key,
+            headers=headers,
+            topic=topic,
+            wants_ack=wants_ack,
+        )
+        if wants_ack:
+            timeout = self.ack_timeout_s if timeout_s is None else timeout_s
+            return self._send_acked(channel, frames, seq, timeout)
+        if not self._send_now(channel, frames):
+            return False
+        channel.sent += 1
+        if self._unreported:
+            self._report_drops(channel)
+
+        return True
+
+    def count_drop(self, reason: str) -> None:
+        """Count an event dropped before it reached ``send`` (e.g. invalid)."""
+        with self._lock:
+            self._dropped[reason] = self._dropped.get(reason, 0) + 1
+            self._unreported[reason] = self._unreported.get(reason, 0) + 1
+
+    def stats(self) -> EmitterStats:
+        """A snapshot of the counts, summed over every thread."""
+        with self._lock:
+            total = EmitterStats(
+                sent=self._retired.sent,
+                acked=self._retired.acked,
+                nacked=self._retired.nacked,
+                unacked=self._unacked,
+                dropped=dict(self._dropped),
+                reported=dict(self._reported),
+            )
+            for channel in self._channels:
+                total.sent += channel.sent
+                total.acked += channel.acked
+                total.nacked += channel.nacked
+
+        return total
+
+    def flush(self, timeout_s: float = 1.0) -> bool:
+        """Wait until the broker has received what this thread sent.
+
+        A status request travels behind the thread's events on the same
+        connection, so its answer means they all arrived.
+        """
+        channel = self._channel_or_none()
+        if channel is None:
+            return False
+        deadline = time.monotonic() + timeout_s
+        frames = protocol.encode_status_request(self.pid)
+        try:
+            if not self._send_by(channel, frames, deadline):
+                return False
+            reply = self._await_reply(channel, deadline, protocol.Kind.STATUS_REPLY)
+        except zmq.ZMQError:
+            return False
+
+        return reply is not None
+
+    def close(self, linger_ms: int | None = None) -> None:
+        """Close every socket, waiting at most ``linger_ms`` for queued events.
+
+        Later sends are dropped as ``closed``. Call it only when no other
+        thread is still emitting, as at interpreter exit.
+        """
+        if self._generation != _fork_generation:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            context = self._context
+        if context is None:
+            return
+        linger = self.linger_ms if linger_ms is None else linger_ms
+        # term() waits for the linger of every socket; a thread bounds the wait
+        # even if some socket were somehow left open.
+        closer = threading.Thread(
+            target=_destroy_quietly, args=(context, linger), daemon=True
+        )
+        try:
+            closer.start()
+        except RuntimeError:
+            _destroy_quietly(context, linger)
+            return
+        closer.join(linger / 1000 + 0.5)
+
+    def _channel_or_none(self) -> _Channel | None:
+        if self._generation != _fork_generation:
+            return None
+        try:
+            return self._local.channel
+        except AttributeError:
+            return self._open_channel()
+
+    def _open_channel(self) -> _Channel | None:
+        if self._generation != _fork_generation:
+            # The parent's lock may have been held at fork: touch nothing.
+            return None
+        with self._lock:
+            if self._closed:
+                channel = None
+            else:
+                self._retire_dead_channels()
+                channel = self._new_channel()
+                self._channels.append(channel)
+        if channel is None:
+            self._count(DropReason.CLOSED)
+            return None
+        self._local.channel = channel
+
+        return channel
+
+    def _new_channel(self) -> _Channel:
+        if self._context is None:
+            self._context = zmq.Context(io_threads=1)
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, self.linger_ms)
+        sock.setsockopt(zmq.SNDHWM, self.queue_events)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        sock.connect(self.endpoint)
+
+        return _Channel(sock, time.monotonic() + self.connect_grace_ms / 1000)
+
+    def _retire_dead_channels(self) -> None:
+        # Called with the lock held. A dead thread's socket is no one's now,
+        # so closing it here is safe; its counts move to the retired total.
+        alive = []
+        for channel in self._channels:
+            if channel.thread.is_alive():
+                alive.append(channel)
+                continue
+            self._retired.sent += channel.sent
+            self._retired.acked += channel.acked
+            self._retired.nacked += channel.nacked
+            channel.socket.close()
+        self._channels = alive
+
+    def _send_now(self, channel: _Channel, frames: list[bytes]) -> bool:
+        sock = channel.socket
+        try:
+            _send_frames(sock, frames)
+            return True
+        except zmq.Again:
+            pass
+        except zmq.ZMQError:
+            self._count(DropReason.CLOSED if self._closed else DropReason.ERROR)
+            return False
+        if channel.grace_until and time.monotonic() < channel.grace_until:
+            return self._send_in_grace(channel, frames)
+        self._count(DropReason.BROKER_UNAVAILABLE)
+
+        return False
+
+    def _send_in_grace(self, channel: _Channel, frames: list[bytes]) -> bool:
+        deadline = channel.grace_until
+        channel.grace_until = 0.0
+        try:
+            sent = self._send_by(channel, frames, deadline)
+        except zmq.ZMQError:
+            sent = False
+        if not sent:
+            self._count(DropReason.BROKER_UNAVAILABLE)
+
+        return sent
+
+    def _send_by(self, channel: _Channel, frames: list[bytes], deadline: float) -> bool:
+        """Send, waiting until ``deadline`` for room (or a connection)."""
+        sock = channel.socket
+        while True:
+            try:
+                _send_frames(sock, frames)
+                return True
+            except zmq.Again:
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                if remaining_ms <= 0:
+                    return False
+                sock.poll(remaining_ms, zmq.POLLOUT)
+
+    def _send_acked(
+        self, channel: _Channel, frames: list[bytes], seq: int, timeout_s: float
+    ) -> bool:
+        deadline = time.monotonic() + timeout_s
+        try:
+            if not self._send_by(channel, frames, deadline):
+                self._count(DropReason.BROKER_UNAVAILABLE)
+                return False
+            channel.sent += 1
+            if self._unreported:
+                self._report_drops(channel)
+            reply = self._await_reply(channel, deadline, seq=seq)
+        except zmq.ZMQError:
+            reply = None
+        if reply is None:
+            with self._lock:
+                self._unacked += 1
+            return False
+        if reply.kind == protocol.Kind.ACK:
+            channel.acked += 1
+            return True
+        channel.nacked += 1
+
+        return False
+
+    def _await_reply(
+        self,
+        channel: _Channel,
+        deadline: float,
+        kind: protocol.Kind | None = None,
+        seq: int | None = None,
+    ) -> protocol.Reply | None:
+        """The reply naming ``seq`` (or of ``kind``); stale replies are skipped."""
+        sock = channel.socket
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
+                return None
+            reply = protocol.decode_reply(sock.recv_multipart(zmq.NOBLOCK))
+            if isinstance(reply, protocol.FrameError):
+                continue
+            if seq is not None and reply.kind != protocol.Kind.STATUS_REPLY:
+                if reply.seq == seq:
+                    return reply
+            elif kind is not None and reply.kind == kind:
+                return reply
+
+    def _count(self, reason: str) -> None:
+        with self._lock:
+            self._dropped[reason] = self._dropped.get(reason, 0) + 1
+            self._unreported[reason] = self._unreported.get(reason, 0) + 1
+
+    def _report_drops(self, channel: _Channel) -> None:
+        with self._lock:
+            counts, self._unreported = self._unreported, {}
+        if not counts:
+            return
+        frames = protocol.encode_drops(
+            counts, host=self.host, pid=self.pid, seq=next(self._seq)
+        )
+        try:
+            _send_frames(channel.socket, frames)
+        except zmq.ZMQError:
+            sent = False
+        else:
+            sent = True
+        with self._lock:
+            target = self._reported if sent else self._unreported
+            for reason, count in counts.items():
+                target[reason] = target.get(reason, 0) + count
+
+
+def _send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """Queue a multipart message; raises zmq.Again only if nothing was queued.
+
+    ZeroMQ queues a multipart message whole or not at all: once the first
+    frame is accepted, the others are too.
+    """
+    last = len(frames) - 1
+    for index in range(last):
+        _send_frame(sock, frames[index], _MORE)
+    _send_frame(sock, frames[last], _LAST)
+
+
+def _destroy_quietly(context: zmq.Context, linger_ms: int) -> None:
+    # Nobody is left to tell at exit; the events still queued are lost.
+    with contextlib.suppress(Exception):
+        context.destroy(linger=linger_ms)
+
+
+# The process's emitter, its settings, and what fork leaves behind.
+_emitter: Emitter | None = None
+_emitter_lock = threading.Lock()
+_settings: dict = {}
+_fork_generation = 0
+_abandoned: list[Emitter] = []
+
+
+def get_emitter() -> Emitter:
+    """This process's emitter, created on first use (again after a fork)."""
+    emitter = _emitter
+    if emitter is not None:
+        return emitter
+
+    return _create_emitter()
+
+
+def _create_emitter() -> Emitter:
+    global _emitter
+    with _emitter_lock:
+        if _emitter is None:
+            _emitter = Emitter(**_settings)
+            _register_multiprocessing_exit()
+
+    return _emitter
+
+
+def configure(**settings) -> None:
+    """Set the arguments of the process's emitter (see ``Emitter``).
+
+    The current emitter, if any, is closed; the next event creates a new one
+    with these settings. Forked children inherit them.
+    """
+    global _emitter, _settings
+    with _emitter_lock:
+        old, _emitter = _emitter, None
+        _settings = dict(settings)
+    if old is not None:
+        old.close()
+
+
+def stats() -> EmitterStats:
+    """The counts of the process's emitter (zeros before it exists)."""
+    emitter = _emitter
+
+    return EmitterStats() if emitter is None else emitter.stats()
+
+
+def close(linger_ms: int | None = None) -> None:
+    """Close the process's emitter now; a later event creates a new one."""
+    global _emitter
+    with _emitter_lock:
+        old, _emitter = _emitter, None
+    if old is not None and old.pid == os.getpid():
+        old.close(linger_ms)
+
+
+def _after_fork_in_child() -> None:
+    global _emitter, _emitter_lock, _fork_generation
+    # Keep the parent's emitter referenced so its context and sockets are
+    # never touched here, not even by the garbage collector.
+    if _emitter is not None:
+        _abandoned.append(_emitter)
+    _emitter = None
+    _emitter_lock = threading.Lock()
+    _fork_generation += 1
+
+
+def _close_at_exit() -> None:
+    emitter = _emitter
+    if emitter is not None and emitter.pid == os.getpid():
+        emitter.close()
+
+
+def _register_multiprocessing_exit() -> None:
+    # multiprocessing's children leave through os._exit, which skips atexit;
+    # its finalizers run just before. Only hook them if multiprocessing is in.
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, _close_at_exit, exitpriority=0)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_at_exit)
