@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import enum
 import itertools
 import os
 import socket
@@ -60,6 +61,7 @@ __all__ = [
     "DEFAULT_CONNECT_GRACE_MS",
     "DEFAULT_LINGER_MS",
     "DEFAULT_QUEUE_EVENTS",
+    "Delivery",
     "DropReason",
     "Emitter",
     "EmitterStats",
@@ -105,6 +107,16 @@ class DropReason:
     TOO_LARGE = "too_large"  # context over 64 KiB or envelope over 1 MiB
     CLOSED = "closed"  # emitted after the emitter closed (interpreter exit)
     ERROR = "error"  # an unexpected failure inside the client
+
+
+class Delivery(enum.Enum):
+    """What became of an event sent with a wait for the broker's ack."""
+
+    ACKED = "acked"  # the broker has it in Kafka or in its spool
+    NACKED = "nacked"  # the broker refused it (it says why in its counts)
+    TIMED_OUT = "timed_out"  # sent, but no verdict came in time
+    UNAVAILABLE = "unavailable"  # no broker took it in time; dropped
+    CLOSED = "closed"  # the emitter is closed or belongs to another process
 
 
 @dataclass
@@ -245,7 +257,7 @@ class Emitter:
         )
         if wants_ack:
             timeout = self.ack_timeout_s if timeout_s is None else timeout_s
-            return self._send_acked(channel, frames, seq, timeout)
+            return self._send_acked(channel, frames, seq, timeout) is Delivery.ACKED
         if not self._send_now(channel, frames):
             return False
         channel.sent += 1
@@ -253,6 +265,41 @@ class Emitter:
             self._report_drops(channel)
 
         return True
+
+    def send_and_wait(
+        self,
+        event_class: EventClass,
+        value: bytes,
+        key: bytes = b"",
+        headers: bytes = b"",
+        *,
+        topic: bytes = b"",
+        timeout_s: float | None = None,
+    ) -> Delivery:
+        """Send one envelope and wait (bounded) for the broker's verdict.
+
+        Like ``send(..., wants_ack=True)``, but says what happened.
+        """
+        if self._generation != _fork_generation:
+            return Delivery.CLOSED
+        channel = self._channel_or_none()
+        if channel is None:
+            return Delivery.CLOSED
+        seq = next(self._seq)
+        frames = protocol.encode_event(
+            event_class,
+            value,
+            host=self.host,
+            pid=self.pid,
+            seq=seq,
+            key=key,
+            headers=headers,
+            topic=topic,
+            wants_ack=True,
+        )
+        timeout = self.ack_timeout_s if timeout_s is None else timeout_s
+
+        return self._send_acked(channel, frames, seq, timeout)
 
     def count_drop(self, reason: str) -> None:
         """Count an event dropped before it reached ``send`` (e.g. invalid)."""
@@ -422,12 +469,12 @@ class Emitter:
 
     def _send_acked(
         self, channel: _Channel, frames: list[bytes], seq: int, timeout_s: float
-    ) -> bool:
+    ) -> Delivery:
         deadline = time.monotonic() + timeout_s
         try:
             if not self._send_by(channel, frames, deadline):
                 self._count(DropReason.BROKER_UNAVAILABLE)
-                return False
+                return Delivery.UNAVAILABLE
             channel.sent += 1
             if self._unreported:
                 self._report_drops(channel)
@@ -437,13 +484,13 @@ class Emitter:
         if reply is None:
             with self._lock:
                 self._unacked += 1
-            return False
+            return Delivery.TIMED_OUT
         if reply.kind == protocol.Kind.ACK:
             channel.acked += 1
-            return True
+            return Delivery.ACKED
         channel.nacked += 1
 
-        return False
+        return Delivery.NACKED
 
     def _await_reply(
         self,
