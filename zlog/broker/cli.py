@@ -148,6 +148,13 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("refused", reason=str(exc))
         return EXIT_CONFIG
-    except (KafkaError, OSError) as exc:
+    except KafkaError as exc:
+        log.error(
+            "failed",
+            reason=str(exc) or type(exc).__name__,
+            hint="check that Kafka is reachable at --bootstrap-servers",
+        )
+        return EXIT_FAILED
+    except OSError as exc:
         log.error("failed", reason=f"{type(exc).__name__}: {exc}")
         return EXIT_FAILED
