@@ -1,0 +1,348 @@
+"""The emitter against a stand-in broker: sending, dropping, acks, fork, exit."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import zlog
+from zlog.client import emitter as emitter_module
+from zlog.client.emitter import Delivery, DropReason, Emitter
+from zlog.client.envelope import EnvelopeBuilder
+from zlog.protocol import EventClass
+
+from .conftest import FakeBroker
+
+
+def app_event(message: str = "hello") -> tuple:
+    return EnvelopeBuilder().application(
+        service_name="svc",
+        instance_id="i-1",
+        level="INFO",
+        logger="test",
+        message=message,
+        code="",
+        context={"n": 1},
+        tenant_id="t1",
+    )
+
+
+def audit_event() -> tuple:
+    return EnvelopeBuilder().audit(
+        tenant_id="t1",
+        action="login",
+        actor="alice",
+        resource="app",
+        outcome="success",
+        context=None,
+    )
+
+
+def emit_in_child(count: int) -> int:
+    """Pool worker: emit ``count`` events from the child's own emitter."""
+    for i in range(count):
+        zlog.get_emitter().send(*app_event(f"child {i}"))
+
+    return os.getpid()
+
+
+def test_event_reaches_broker_with_origin(fake_broker: FakeBroker, emitter: Emitter):
+    """An event arrives with the host, pid and a sequence number of its emitter."""
+    assert emitter.send(*app_event())
+    [event] = fake_broker.wait_for(1)
+
+    assert event.pid == os.getpid()
+    assert event.seq >= 1
+    assert event.host
+    assert event.key == b"svc"
+    assert event.event_class is EventClass.APPLICATION
+    assert emitter.stats().sent == 1
+
+
+def test_sequence_numbers_increase_per_emitter(fake_broker, emitter):
+    """Each event carries the next sequence number of its emitter."""
+    for i in range(5):
+        emitter.send(*app_event(str(i)))
+    events = fake_broker.wait_for(5)
+
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+
+
+def test_no_broker_drops_and_counts_without_blocking(socket_path: Path):
+    """With no broker an application event is dropped at once and counted."""
+    emitter = Emitter(socket_path, connect_grace_ms=50)
+    try:
+        started = time.monotonic()
+        results = [emitter.send(*app_event()) for _ in range(100)]
+        elapsed = time.monotonic() - started
+    finally:
+        emitter.close(0)
+
+    assert results == [False] * 100
+    assert elapsed < 0.5
+    assert emitter.stats().dropped == {DropReason.BROKER_UNAVAILABLE: 100}
+
+
+def test_drops_are_reported_on_next_successful_send(socket_path: Path):
+    """Drops counted while the broker was away reach it with the next event."""
+    emitter = Emitter(socket_path, connect_grace_ms=0)
+    try:
+        assert not emitter.send(*app_event())
+        broker = FakeBroker(socket_path)
+        try:
+            deadline = time.monotonic() + 5
+            while not emitter.send(*app_event()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert emitter.flush(5)
+            reported = sum(r.counts.get("broker_unavailable", 0) for r in broker.drops)
+        finally:
+            broker.stop()
+        stats = emitter.stats()
+    finally:
+        emitter.close(0)
+
+    assert reported == stats.dropped["broker_unavailable"] >= 1
+    assert stats.reported == stats.dropped
+
+
+def test_acked_send_returns_true_on_ack(fake_broker, emitter):
+    """An audit event sent with a wait returns True once the broker acks it."""
+    assert emitter.send(*audit_event(), wants_ack=True)
+    assert fake_broker.events[0].wants_ack
+    assert emitter.stats().acked == 1
+
+
+def test_nack_is_false_and_counted(socket_path, emitter):
+    """A refused event returns False and counts as nacked."""
+    broker = FakeBroker(socket_path, reply="nack")
+    try:
+        delivery = emitter.send_and_wait(*audit_event())
+    finally:
+        broker.stop()
+
+    assert delivery is Delivery.NACKED
+    assert emitter.stats().nacked == 1
+
+
+def test_missing_ack_times_out_within_bound(socket_path, emitter):
+    """Without an answer the wait ends at the timeout and counts as unacked."""
+    broker = FakeBroker(socket_path, reply="silent")
+    try:
+        started = time.monotonic()
+        delivery = emitter.send_and_wait(*audit_event(), timeout_s=0.3)
+        elapsed = time.monotonic() - started
+    finally:
+        broker.stop()
+
+    assert delivery is Delivery.TIMED_OUT
+    assert 0.25 < elapsed < 1.5
+    assert emitter.stats().unacked == 1
+
+
+def test_acked_send_without_broker_is_bounded(socket_path):
+    """An audit event with no broker gives up after its timeout."""
+    emitter = Emitter(socket_path)
+    try:
+        started = time.monotonic()
+        delivery = emitter.send_and_wait(*audit_event(), timeout_s=0.3)
+        elapsed = time.monotonic() - started
+    finally:
+        emitter.close(0)
+
+    assert delivery is Delivery.UNAVAILABLE
+    assert elapsed < 1.0
+
+
+def test_many_threads_send_concurrently(fake_broker, emitter):
+    """Sixteen threads sending at once lose nothing and get unique sequences."""
+    threads, per_thread = 16, 200
+    barrier = threading.Barrier(threads)
+
+    def work() -> None:
+        barrier.wait()
+        for i in range(per_thread):
+            emitter.send(*app_event(str(i)))
+        emitter.send(*audit_event(), wants_ack=True)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    events = fake_broker.wait_for(threads * (per_thread + 1))
+
+    assert len(events) == threads * (per_thread + 1)
+    assert len({e.seq for e in events}) == len(events)
+    stats = emitter.stats()
+    assert stats.sent == len(events)
+    assert stats.acked == threads
+    assert stats.dropped == {}
+
+
+def test_dead_threads_sockets_are_retired_with_their_counts(fake_broker, emitter):
+    """A finished thread's socket is closed later; its counts stay in the stats."""
+    for _ in range(3):
+        thread = threading.Thread(target=lambda: emitter.send(*app_event()))
+        thread.start()
+        thread.join()
+    emitter.send(*app_event())
+
+    assert len(emitter._channels) <= 2
+    assert emitter.stats().sent == 4
+
+
+def test_fork_after_first_emit_child_uses_its_own_emitter(fake_broker, emitter):
+    """A child forked after the parent logged sends with its own pid; both work."""
+    assert emitter.send(*app_event("parent before"))
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=emit_in_child, args=(3,))
+    child.start()
+    child.join(20)
+    assert emitter.send(*app_event("parent after"))
+    events = fake_broker.wait_for(5)
+
+    assert child.exitcode == 0
+    pids = [e.pid for e in events]
+    assert pids.count(child.pid) == 3
+    assert pids.count(os.getpid()) == 2
+    assert zlog.get_emitter() is emitter
+
+
+def test_raw_fork_child_never_touches_parent_sockets(fake_broker, emitter):
+    """After os.fork the inherited emitter refuses to send; a new one is used."""
+    assert emitter.send(*app_event())
+    pid = os.fork()
+    if pid == 0:
+        ok = not emitter.send(*app_event()) and zlog.get_emitter() is not emitter
+        ok = ok and zlog.get_emitter().send(*app_event("child"))
+        zlog.close()
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    events = fake_broker.wait_for(2)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [e.pid for e in events] == [os.getpid(), pid]
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param("fork", id="fork"),
+        pytest.param("spawn", id="spawn"),
+        pytest.param("forkserver", id="forkserver"),
+    ],
+)
+def test_process_pool_workers_deliver_their_events(fake_broker, emitter, method):
+    """ProcessPoolExecutor workers deliver every event under each start method."""
+    emitter.send(*app_event("parent"))
+    context = multiprocessing.get_context(method)
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
+        pids = set(pool.map(emit_in_child, [5] * 4))
+    events = fake_broker.wait_for(21, timeout_s=20)
+
+    assert len(events) == 21
+    assert {e.pid for e in events} == pids | {os.getpid()}
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_multiprocessing_pool_delivers(fake_broker, emitter, method):
+    """multiprocessing.Pool workers flush what they emitted when they exit."""
+    emitter.send(*app_event("parent"))
+    context = multiprocessing.get_context(method)
+    with context.Pool(2) as pool:
+        pids = set(pool.map(emit_in_child, [3] * 4))
+        pool.close()
+        pool.join()
+    events = fake_broker.wait_for(13, timeout_s=20)
+
+    assert len(events) == 13
+    assert {e.pid for e in events} >= pids
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import sys, zlog
+    from zlog.client.envelope import EnvelopeBuilder
+    zlog.configure(socket_path=sys.argv[1], ack_timeout_s=0.2)
+    builder = EnvelopeBuilder()
+    for i in range(1000):
+        zlog.get_emitter().send(*builder.application(
+            service_name="s", instance_id="i", level="INFO", logger="l",
+            message=str(i), code="", context=None, tenant_id="t"))
+    zlog.get_emitter().send(*builder.audit(
+        tenant_id="t", action="a", actor="b", resource="c", outcome="success",
+        context=None), wants_ack=True)
+    """
+)
+
+
+def run_exit_script(socket_path: Path) -> float:
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, str(socket_path)], check=True, timeout=30
+    )
+
+    return time.monotonic() - started
+
+
+def test_exit_without_broker_is_quick(socket_path):
+    """A process that logged with no broker running exits within 2 s."""
+    assert run_exit_script(socket_path) < 2.0
+
+
+def test_exit_with_stalled_broker_is_bounded_by_linger(socket_path):
+    """A broker that accepts but never reads delays exit by the linger at most."""
+    import zmq
+
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    router.rcvhwm = 1
+    router.bind(f"ipc://{socket_path}")
+    try:
+        elapsed = run_exit_script(socket_path)
+    finally:
+        router.close()
+        context.term()
+
+    assert elapsed < 3.0
+
+
+def test_exit_delivers_what_was_queued(fake_broker, socket_path):
+    """Events still queued at exit are delivered within the linger."""
+    run_exit_script(socket_path)
+    events = fake_broker.wait_for(1001)
+
+    assert len(events) == 1001
+
+
+def test_send_after_close_is_dropped_as_closed(fake_broker, socket_path):
+    """Once closed, an emitter drops events and counts them as closed."""
+    emitter = Emitter(socket_path)
+    emitter.close(0)
+
+    assert not emitter.send(*app_event())
+    assert emitter.stats().dropped == {DropReason.CLOSED: 1}
+
+
+def test_configure_replaces_the_process_emitter(socket_path, monkeypatch):
+    """configure() closes the current emitter; the next use makes a new one."""
+    emitter_module.configure(socket_path=str(socket_path))
+    first = zlog.get_emitter()
+    emitter_module.configure(socket_path=str(socket_path))
+    second = zlog.get_emitter()
+    zlog.close(0)
+    emitter_module.configure()
+
+    assert first is not second
+    assert first.closed
