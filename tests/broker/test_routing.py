@@ -187,22 +187,34 @@ def test_status_request_is_answered_in_the_cycle():
 def test_sequence_gaps_are_counted_per_origin():
     """Skipped sequence numbers of one origin are counted as missing."""
     broker = make_broker()
-    messages = [message(b"id", seq=seq) for seq in (1, 2, 5, 6, 6)]
+    messages = [message(b"id", seq=seq) for seq in (1, 2, 5, 6)]
 
     broker._route(messages)
 
-    assert (broker.stats.seq_missing, broker.stats.seq_out_of_order) == (2, 1)
+    assert (broker.stats.seq_missing, broker.stats.seq_out_of_order) == (2, 0)
 
 
-def test_drop_reports_keep_the_newest_totals_per_origin():
-    """Drop reports carry totals: the newest report per origin is the count."""
+def test_late_sequence_number_fills_its_gap():
+    """A number arriving after a higher one is out of order, no longer missing."""
+    broker = make_broker()
+    messages = [message(b"id", seq=seq) for seq in (1, 3, 2, 4)]
+
+    broker._route(messages)
+
+    assert (broker.stats.seq_missing, broker.stats.seq_out_of_order) == (0, 1)
+
+
+def test_drop_reports_add_up_per_origin_and_take_a_sequence_number():
+    """Drop reports carry increments: they are summed, and their number is no gap."""
     broker = make_broker()
     reports = [
-        [b"id", *protocol.encode_drops({"queue_full": 3}, host=b"h", pid=1, seq=4)],
-        [b"id", *protocol.encode_drops({"queue_full": 5}, host=b"h", pid=1, seq=9)],
+        [b"id", *protocol.encode_drops({"queue_full": 3}, host=b"h", pid=1, seq=1)],
+        message(b"id", pid=1, seq=2),
+        [b"id", *protocol.encode_drops({"queue_full": 5}, host=b"h", pid=1, seq=3)],
         [b"id", *protocol.encode_drops({"too_big": 1}, host=b"h", pid=2, seq=1)],
     ]
 
     broker._route(reports)
 
-    assert broker.stats.drops_total() == {"queue_full": 5, "too_big": 1}
+    assert broker.stats.drops_total() == {"queue_full": 8, "too_big": 1}
+    assert broker.stats.seq_missing == 0

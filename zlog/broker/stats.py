@@ -41,20 +41,19 @@ class Stats:
         self.nacks_sent = 0
         self.replies_undeliverable = 0
         self.status_requests = 0
-        # origin "host:pid" -> (report seq, counts): reports carry totals, so
-        # the newest one per origin replaces the ones before it.
-        self.emitter_drops: dict[str, tuple[int, dict[str, int]]] = {}
+        # origin "host:pid" -> reason -> count. Reports carry increments
+        # since the emitter's previous report, so they are summed.
+        self.emitter_drops: dict[str, Counter[str]] = {}
         # (host, pid) -> highest sequence number seen.
         self.last_seq: dict[tuple[str, int], int] = {}
         self.seq_missing = 0
         self.seq_out_of_order = 0
 
     def count_drops(self, report: DropReport) -> None:
-        """Keep the newest drop report of its origin."""
+        """Add a drop report to its origin's counts."""
         origin = f"{report.host}:{report.pid}"
-        previous = self.emitter_drops.get(origin)
-        if previous is None or report.seq >= previous[0]:
-            self.emitter_drops[origin] = (report.seq, report.counts)
+        self.emitter_drops.setdefault(origin, Counter()).update(report.counts)
+        self.note_sequence(report.host, report.pid, report.seq)
 
     def note_sequence(self, host: str, pid: int, seq: int) -> None:
         """Count numbers skipped or repeated in one origin's sequence."""
@@ -68,15 +67,18 @@ class Stats:
                 self.last_seq.clear()
         elif seq > last + 1:
             self.seq_missing += seq - last - 1
-        elif seq <= last:
+        elif seq < last:
+            # An emitter sending from several threads uses one connection per
+            # thread, so a number may arrive late: it fills a gap counted before.
             self.seq_out_of_order += 1
+            self.seq_missing -= 1
             return
         self.last_seq[origin] = seq
 
     def drops_total(self) -> dict[str, int]:
         """Emitter drops summed over origins, by reason."""
         total: Counter[str] = Counter()
-        for _, counts in self.emitter_drops.values():
+        for counts in self.emitter_drops.values():
             total.update(counts)
 
         return dict(total)
@@ -100,7 +102,7 @@ class Stats:
             "failed": _by_class(self.failed),
             "totals": self.summary(),
             "bad_frames": dict(self.bad_frames),
-            "emitter_drops": {o: c for o, (_, c) in self.emitter_drops.items()},
+            "emitter_drops": {o: dict(c) for o, c in self.emitter_drops.items()},
             "emitter_drops_total": self.drops_total(),
             "sequence": {
                 "origins": len(self.last_seq),
