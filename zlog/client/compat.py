@@ -415,12 +415,12 @@ class LoggingEventPublisher:
 
         return built, started
 
-    def _build(self, event_type: str, started: float, build, **fields) -> Built | None:
+    def _build(self, label: str, started: float, build, **fields) -> Built | None:
         """Validate and serialize (raising as the old API did), or None to skip."""
         try:
             built = build(**fields)
         except EnvelopeTooLarge:
-            _get_metrics().record(event_type, started, "PayloadTooLarge")
+            _get_metrics().record(label, started, "PayloadTooLarge")
             return None
         if not (self._started and self.enable_events):
             return None
