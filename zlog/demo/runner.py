@@ -137,14 +137,16 @@ class DemoRun:
             )
             return 1
         broker.start()
-        print(self._banner(total, broker))
+        print(self._banner(total, broker), flush=True)
         started = time.perf_counter()
         result = self._replay(broker, line_counts, total)
         replay_s = time.perf_counter() - started
 
-        print("zlog demo: stopping the broker (SIGTERM drains it into Kafka)")
+        print(
+            "zlog demo: stopping the broker (SIGTERM drains it into Kafka)", flush=True
+        )
         broker_exit_code = broker.stop()
-        print("zlog demo: reading the topics back from the beginning")
+        print("zlog demo: reading the topics back from the beginning", flush=True)
         arrivals = asyncio.run(
             verify.read_topics(
                 self.bootstrap_servers,
@@ -157,6 +159,7 @@ class DemoRun:
             lines_by_source={name: result.logged.get(name, 0) for name in sources},
             emitter_drops=dict(result.dropped),
             unflushed_chunks=result.unflushed_chunks,
+            call_time_s=result.call_time_s,
             repeat=self.repeat,
             workers=self.workers,
             replay_s=replay_s,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -232,6 +232,7 @@ class ReplayFigures:
     broker_exit_code: int | None
     emitter_drops: Mapping[str, int] = field(default_factory=dict)
     unflushed_chunks: int = 0
+    call_time_s: Mapping[str, Sequence[float]] = field(default_factory=dict)
 
 
 def render_report(
@@ -317,6 +318,7 @@ def _figures_lines(
                 f"{figures.replay_s:.2f} s: {total / figures.replay_s:,.0f} events/s",
             )
         )
+    lines += _call_time_lines(figures, label)
     lines += _latency_lines(arrivals, label)
     drops = ", ".join(
         f"{n:,} {why}" for why, n in sorted(figures.emitter_drops.items())
@@ -333,6 +335,30 @@ def _figures_lines(
         lines.append(label.format("broker", f"exit code {figures.broker_exit_code}"))
 
     return lines
+
+
+def _call_time_lines(figures: ReplayFigures, label: str) -> list[str]:
+    means = [
+        f"{name} {_duration(seconds / calls)}"
+        for name in CLASSES
+        if name in figures.call_time_s
+        for calls, seconds in [figures.call_time_s[name]]
+        if calls
+    ]
+    if not means:
+        return []
+
+    return [
+        label.format("log call", "mean " + ", ".join(means)),
+        label.format("", "(audit and security calls wait for the broker's ack)"),
+    ]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:,.0f} µs"
+
+    return f"{seconds * 1e3:,.1f} ms"
 
 
 def _latency_lines(arrivals: list[Arrival], label: str) -> list[str]:
