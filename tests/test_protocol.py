@@ -145,7 +145,9 @@ def _with_head(**fields) -> list[bytes]:
         values["version"], values["kind"], values["cls"], values["flags"], 1, 1
     )
 
-    return [head, *event_frames()[1:]]
+    frames = event_frames()
+
+    return [head + frames[0][HEAD.size :], *frames[1:]]
 
 
 @pytest.mark.parametrize(
@@ -153,10 +155,15 @@ def _with_head(**fields) -> list[bytes]:
     [
         pytest.param([], "bad_frame_count", id="empty"),
         pytest.param([b"short"], "bad_head", id="short-head"),
+        pytest.param(
+            [event_frames()[0][: HEAD.size + 3], b"{}"],
+            "bad_head",
+            id="routing-cut-short",
+        ),
         pytest.param(_with_head(version=9), "bad_version", id="future-version"),
         pytest.param(_with_head(kind=16), "bad_kind", id="reply-kind-sent-to-broker"),
         pytest.param(_with_head(cls=9), "bad_class", id="unknown-class"),
-        pytest.param(event_frames()[:5], "bad_frame_count", id="missing-envelope"),
+        pytest.param(event_frames()[:1], "bad_frame_count", id="missing-envelope"),
         pytest.param(event_frames(host=b"\xff"), "bad_host", id="host-not-utf8"),
         pytest.param(
             event_frames(topic=b"some.topic"), "bad_topic", id="topic-with-class"
@@ -186,9 +193,8 @@ def _with_head(**fields) -> list[bytes]:
         ),
         pytest.param(
             [
-                protocol.encode_drops({}, host=b"h", pid=1, seq=1)[0],
-                b"h",
-                b"\x00\x01r\x00\x00\x00\x01x",
+                protocol.encode_drops({}, host=b"h", pid=1, seq=1)[0]
+                + b"\x00\x01r\x00\x00\x00\x01x"
             ],
             "bad_drops",
             id="drop-count-not-number",
