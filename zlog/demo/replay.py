@@ -154,6 +154,12 @@ def replay(
 FLUSH_TIMEOUT_S = 10.0
 
 
+# Eight workers starting at once on two busy cores took longer than the
+# emitter's default grace (100 ms) to connect, and a worker's first line was
+# dropped; the demo wants every line, so it allows the pool time to connect.
+CONNECT_GRACE_MS = 2000
+
+
 @dataclass(frozen=True)
 class _ChunkDone:
     """What a worker reports for each chunk."""
@@ -195,7 +201,9 @@ class _Worker:
 
         # The emitter is configured once per process; the processor asks for
         # it on every event, so this holds in forked and spawned workers alike.
-        zlog.configure(socket_path=settings.socket_path)
+        zlog.configure(
+            socket_path=settings.socket_path, connect_grace_ms=CONNECT_GRACE_MS
+        )
         structlog.configure(
             processors=[
                 zlog.ZlogProcessor(
