@@ -138,13 +138,21 @@ def start_broker(
 ) -> Iterator:
     """Factory: start ``zlog broker`` on this test's socket and topics.
 
-    Extra command-line arguments may be passed; the broker is stopped with
+    Extra command-line arguments may be passed. The spool is ``spool.db`` in
+    the test's temporary directory unless ``spool_path`` names another, so a
+    restarted broker finds what its predecessor spooled. The broker is stopped with
     SIGTERM (then SIGKILL) at teardown if the test left it running.
     """
     started: list[BrokerProcess] = []
 
-    def start(*extra: str, bootstrap: str | None = None, wait: bool = True):
+    def start(
+        *extra: str,
+        bootstrap: str | None = None,
+        wait: bool = True,
+        spool_path: Path | None = None,
+    ):
         servers = bootstrap or kafka_bootstrap
+        spool = spool_path or tmp_path / "spool.db"
         args = [
             sys.executable,
             "-m",
@@ -160,6 +168,8 @@ def start_broker(
             topics.audit,
             "--security-topic",
             topics.security,
+            "--spool-path",
+            str(spool),
             *extra,
         ]
         stderr_path = tmp_path / f"broker-{len(started)}.stderr"

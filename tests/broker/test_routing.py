@@ -97,6 +97,11 @@ def make_broker(capacity: int = 1000) -> Broker:
     return broker
 
 
+def route(broker: Broker, messages: list[list[bytes]]) -> tuple:
+    """One receive cycle's decoding and routing, without Kafka."""
+    return broker._route(broker._decode(messages))
+
+
 def message(identity: bytes, event_class=EventClass.AUDIT, **fields) -> list[bytes]:
     arguments = {"host": b"h", "pid": 5, "seq": 1, "key": b"tenant"}
     arguments.update(fields)
@@ -114,7 +119,7 @@ def test_events_group_into_one_batch_per_topic_partition():
         message(b"id2", EventClass.APPLICATION, seq=1, key=b"svc"),
     ]
 
-    full, open_batches, unresolved = broker._route(messages)
+    full, open_batches, unresolved = route(broker, messages)
 
     assert full == []
     assert unresolved == {}
@@ -128,7 +133,7 @@ def test_full_batch_is_set_aside_and_a_new_one_opened():
     broker = make_broker(capacity=2)
     messages = [message(b"id", seq=seq) for seq in range(1, 6)]
 
-    full, open_batches, _ = broker._route(messages)
+    full, open_batches, _ = route(broker, messages)
 
     assert [len(b.builder.records) for b in full] == [2, 2]
     assert len(open_batches["u.v1", 0].builder.records) == 1
@@ -143,9 +148,13 @@ def test_acks_are_remembered_per_batch_with_identity_and_sequence():
         message(b"else", seq=12, pid=6, wants_ack=True),
     ]
 
-    _, open_batches, _ = broker._route(messages)
+    _, open_batches, _ = route(broker, messages)
 
-    assert open_batches["u.v1", 0].acks == [(b"who", 10), (b"else", 12)]
+    acks = open_batches["u.v1", 0].acks
+    assert [(identity, event.seq) for identity, event in acks] == [
+        (b"who", 10),
+        (b"else", 12),
+    ]
 
 
 def test_unknown_explicit_topic_waits_for_metadata():
@@ -155,7 +164,7 @@ def test_unknown_explicit_topic_waits_for_metadata():
         message(b"id", EventClass.TOPIC, topic=b"other.topic", seq=1),
     ]
 
-    _, open_batches, unresolved = broker._route(messages)
+    _, open_batches, unresolved = route(broker, messages)
 
     assert open_batches == {}
     assert list(unresolved) == ["other.topic"]
@@ -166,7 +175,7 @@ def test_bad_frames_are_counted_and_the_rest_routed():
     broker = make_broker()
     messages = [[b"id", b"junk"], message(b"id", seq=1), [b"id"]]
 
-    _, open_batches, _ = broker._route(messages)
+    _, open_batches, _ = route(broker, messages)
 
     assert broker.stats.bad_frames == {"bad_head": 1, "bad_frame_count": 1}
     assert sum(len(b.builder.records) for b in open_batches.values()) == 1
@@ -177,7 +186,7 @@ def test_status_request_is_answered_in_the_cycle():
     broker = make_broker()
     broker.publisher.status = dict
 
-    broker._route([[b"asker", *protocol.encode_status_request(3)]])
+    route(broker, [[b"asker", *protocol.encode_status_request(3)]])
 
     ((identity, frames),) = broker.replies
     assert identity == b"asker"
@@ -189,7 +198,7 @@ def test_sequence_gaps_are_counted_per_origin():
     broker = make_broker()
     messages = [message(b"id", seq=seq) for seq in (1, 2, 5, 6)]
 
-    broker._route(messages)
+    route(broker, messages)
 
     assert (broker.stats.seq_missing, broker.stats.seq_out_of_order) == (2, 0)
 
@@ -199,7 +208,7 @@ def test_late_sequence_number_fills_its_gap():
     broker = make_broker()
     messages = [message(b"id", seq=seq) for seq in (1, 3, 2, 4)]
 
-    broker._route(messages)
+    route(broker, messages)
 
     assert (broker.stats.seq_missing, broker.stats.seq_out_of_order) == (0, 1)
 
@@ -214,7 +223,26 @@ def test_drop_reports_add_up_per_origin_and_take_a_sequence_number():
         [b"id", *protocol.encode_drops({"too_big": 1}, host=b"h", pid=2, seq=1)],
     ]
 
-    broker._route(reports)
+    route(broker, reports)
 
     assert broker.stats.drops_total() == {"queue_full": 8, "too_big": 1}
     assert broker.stats.seq_missing == 0
+
+
+def test_gaps_and_emitter_drops_reach_the_loss_ledger_by_origin():
+    """What the broker knows lost is kept per origin and reason, and taken once."""
+    broker = make_broker()
+    messages = [
+        message(b"id", pid=1, seq=1),
+        message(b"id", pid=1, seq=4),
+        [b"id", *protocol.encode_drops({"queue_full": 3}, host=b"h", pid=2, seq=1)],
+    ]
+
+    route(broker, messages)
+    taken = broker.stats.losses.take()
+
+    assert taken == {
+        ("h", 1): {"sequence_gap": 2},
+        ("h", 2): {"emitter_queue_full": 3},
+    }
+    assert broker.stats.losses.take() == {}

@@ -7,6 +7,7 @@ and aiokafka are imported inside ``run`` so that ``zlog --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from zlog.broker import config as defaults
 
@@ -94,6 +95,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest frame accepted; larger ones are refused by ZeroMQ "
         "(default: %(default)s)",
     )
+    kafka.add_argument(
+        "--send-timeout-s",
+        type=float,
+        default=defaults.DEFAULT_SEND_TIMEOUT_S,
+        help="seconds Kafka may take to acknowledge a batch before it is spooled "
+        "(default: %(default)s)",
+    )
+    spool = parser.add_argument_group("spool")
+    spool.add_argument(
+        "--spool-path",
+        help="spool file (default: /var/lib/zlog/spool.db as root, else under "
+        "$XDG_STATE_HOME/zlog or ~/.local/state/zlog)",
+    )
+    spool.add_argument(
+        "--spool-max-bytes",
+        type=int,
+        default=defaults.DEFAULT_SPOOL_MAX_BYTES,
+        help="bound of the spool's stored data (default: %(default)s)",
+    )
+    spool.add_argument(
+        "--spool-drop-policy",
+        choices=("application-only", "any-class"),
+        default="application-only",
+        help="what a full spool may evict: application events only, or audit "
+        "and security too once they are gone (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--loss-report-interval-s",
+        type=float,
+        default=defaults.DEFAULT_LOSS_REPORT_INTERVAL_S,
+        help="how often known losses are published as zlog.loss events "
+        "(default: %(default)s)",
+    )
     parser.add_argument(
         "--drain-timeout-s",
         type=float,
@@ -124,6 +158,11 @@ def config_from_args(args: argparse.Namespace) -> defaults.BrokerConfig:
         socket_group=args.socket_group,
         max_frame_bytes=args.max_frame_bytes,
         drain_timeout_s=args.drain_timeout_s,
+        send_timeout_s=args.send_timeout_s,
+        spool_path=Path(args.spool_path) if args.spool_path else None,
+        spool_max_bytes=args.spool_max_bytes,
+        spool_drop_policy=args.spool_drop_policy,
+        loss_report_interval_s=args.loss_report_interval_s,
     )
 
 
@@ -135,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
 
     from zlog.broker.daemon import run_broker
     from zlog.broker.logs import configure_logging, get_logger
+    from zlog.broker.spool import SpoolError, SpoolLockedError
     from zlog.errors import BrokerRunningError, ConfigError
 
     configure_logging()
@@ -142,12 +182,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         return asyncio.run(run_broker(config))
-    except BrokerRunningError as exc:
+    except (BrokerRunningError, SpoolLockedError) as exc:
         log.error("refused", reason=str(exc))
         return EXIT_BROKER_RUNNING
     except ConfigError as exc:
         log.error("refused", reason=str(exc))
         return EXIT_CONFIG
+    except SpoolError as exc:
+        log.error("failed", reason=str(exc), hint="check the --spool-path file")
+        return EXIT_FAILED
     except KafkaError as exc:
         log.error(
             "failed",

@@ -8,6 +8,7 @@ ZeroMQ or Kafka at module level.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +21,21 @@ __all__ = [
     "DEFAULT_BOOTSTRAP_SERVERS",
     "DEFAULT_DRAIN_TIMEOUT_S",
     "DEFAULT_LINGER_MS",
+    "DEFAULT_LOSS_REPORT_INTERVAL_S",
     "DEFAULT_MAX_BATCH_BYTES",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_RECV_BATCH",
     "DEFAULT_RECV_MAX_BYTES",
     "DEFAULT_SECURITY_TOPIC",
+    "DEFAULT_SEND_TIMEOUT_S",
     "DEFAULT_SOCKET_MODE",
+    "DEFAULT_SPOOL_MAX_BYTES",
     "DEFAULT_TOPIC_PARTITIONS",
     "DEFAULT_TOPIC_REPLICATION",
     "BrokerConfig",
     "bootstrap_servers_from",
     "default_compression",
+    "default_spool_path",
 ]
 
 # The address a developer's single-node Kafka listens on (scripts/kafka).
@@ -73,6 +78,19 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0
 # Owner and group may write; others may not even connect.
 DEFAULT_SOCKET_MODE = 0o660
 
+# The old code bounded each send_and_wait by 5 s (COMPAT.md); a batch Kafka has
+# not acknowledged within this goes to the spool instead.
+DEFAULT_SEND_TIMEOUT_S = 5.0
+
+# One hour of outage at 500 events/s of 500-byte envelopes (docs/spool.md).
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30
+
+# Losses are published at most this often, and only when there are some.
+DEFAULT_LOSS_REPORT_INTERVAL_S = 10.0
+
+SYSTEM_STATE_DIR = Path("/var/lib/zlog")
+DEFAULT_SPOOL_NAME = "spool.db"
+
 
 def default_compression() -> str:
     """zstd when aiokafka can use it, else lz4, else gzip (always available)."""
@@ -107,6 +125,12 @@ class BrokerConfig:
     recv_batch: int = DEFAULT_RECV_BATCH
     recv_max_bytes: int = DEFAULT_RECV_MAX_BYTES
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
+    spool_path: Path | None = None
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    # "application-only" or "any-class" (zlog.broker.spool.DropPolicy).
+    spool_drop_policy: str = "application-only"
+    loss_report_interval_s: float = DEFAULT_LOSS_REPORT_INTERVAL_S
 
     def __post_init__(self) -> None:
         for name in ("topic_partitions", "topic_replication", "recv_batch"):
@@ -116,6 +140,22 @@ class BrokerConfig:
             raise ConfigError("linger_ms and drain_timeout_s cannot be negative")
         if not 0 <= self.socket_mode <= 0o777:
             raise ConfigError(f"socket mode {self.socket_mode:o} is not a mode")
+        if self.send_timeout_s <= 0 or self.loss_report_interval_s <= 0:
+            raise ConfigError("send_timeout_s and loss_report_interval_s must be > 0")
+        if self.spool_max_bytes < 1:
+            raise ConfigError("spool_max_bytes must be at least 1")
+        if self.spool_drop_policy not in ("application-only", "any-class"):
+            raise ConfigError(
+                f"spool drop policy {self.spool_drop_policy!r} is not "
+                "application-only or any-class"
+            )
+        if self.spool_path is None:
+            object.__setattr__(self, "spool_path", default_spool_path(self.socket_path))
+
+    @property
+    def dead_letter_path(self) -> Path:
+        """The dead-letter file: JSON lines beside the spool."""
+        return self.spool_path.with_name(self.spool_path.stem + ".dead-letter.jsonl")
 
     @property
     def topics(self) -> tuple[str, str, str]:
@@ -133,3 +173,27 @@ def bootstrap_servers_from(value: str | None) -> str:
     from_env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
 
     return value or from_env or DEFAULT_BOOTSTRAP_SERVERS
+
+
+def default_spool_path(socket_path: Path) -> Path:
+    """Where the spool lives unless configured: the state directory.
+
+    ``/var/lib/zlog`` as root, else ``$XDG_STATE_HOME/zlog`` or
+    ``~/.local/state/zlog``. A broker on the default socket uses
+    ``spool.db``; one on another socket gets a file named after its socket
+    path, so two brokers on one host never contend for one spool while a
+    restarted broker finds its own.
+    """
+    from zlog.endpoint import default_socket_path
+
+    if os.geteuid() == 0:
+        state_dir = SYSTEM_STATE_DIR
+    else:
+        xdg_state = os.environ.get("XDG_STATE_HOME")
+        base = Path(xdg_state) if xdg_state else Path.home() / ".local" / "state"
+        state_dir = base / "zlog"
+    if socket_path == default_socket_path():
+        return state_dir / DEFAULT_SPOOL_NAME
+    digest = hashlib.sha256(os.fsencode(socket_path)).hexdigest()[:12]
+
+    return state_dir / f"spool-{digest}.db"

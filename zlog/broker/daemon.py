@@ -2,9 +2,11 @@
 
 Lifecycle. The broker checks its socket path, takes the lock beside it
 (refusing to start when another broker holds it or answers on the socket),
-makes sure its three topics exist, starts its one Kafka producer, then binds a
-ZeroMQ ROUTER on the socket and serves until SIGTERM or SIGINT. Then it drains
-(below) and exits 0.
+opens its spool (a damaged file is set aside with a warning, and the broker
+starts anyway), makes sure its three topics exist and starts its one Kafka
+producer, then serves until SIGTERM or SIGINT, drains (below) and exits 0.
+Kafka unreachable at start is not fatal: the broker serves into the spool
+and keeps trying to connect.
 
 Receive loop. One asyncio task waits until the ROUTER is readable, takes up
 to ``recv_batch`` messages (or ``recv_max_bytes`` of envelopes) without
@@ -15,40 +17,63 @@ At the end of the cycle every open batch is handed to the producer with
 ``send_batch``. Status requests are answered in the same pass, drop reports
 and bad frames are counted.
 
-Back-pressure. ``send_batch`` waits while the previous batch of the same
-partition is still queued in the producer, so when Kafka is slow the loop
-stops reading, the socket's queues fill, and emitters see their sends refused
-(they count that as a drop, by reason). The broker's memory stays bounded by
-one cycle plus what the producer holds.
+Spooling. A batch Kafka does not acknowledge within ``send_timeout_s``, or
+fails with a retriable error, is written to the spool, and from then on every
+new cycle goes to the spool too (one append per cycle, in a worker thread),
+behind what is there: the loop keeps draining the socket whatever Kafka
+does, and memory stays bounded by one cycle. A replay task publishes the
+spool oldest first once Kafka answers (peek, send, remove), and when the
+spool is empty new cycles go straight to Kafka again. Batches in flight at
+the moment Kafka failed are spooled as they fail, so they may land behind a
+few newer events: order holds except at that boundary.
+
+Refusals that will not pass (record too large, authorization, a topic Kafka
+does not have) are written to the dead-letter file beside the spool, with
+the reason, counted, and logged at most once a minute per topic.
 
 Acknowledgments. An event whose sender asked for one is acked when Kafka
-acknowledged the batch holding it (acks=all, so every in-sync replica has it),
-and nacked with Kafka's reason when Kafka refused it. Nothing is acked when it
-is merely received.
+acknowledged the batch holding it (acks=all, so every in-sync replica has
+it) or when the spool committed it to disk, and nacked with the reason when
+it was refused (spool full, dead-lettered). Nothing is acked when it is
+merely received.
+
+Loss. Sequence gaps, emitter drop reports and spool evictions and refusals
+are counted per origin and published as ``zlog.loss`` application events
+every ``loss_report_interval_s`` when there are any, and at drain.
 
 Shutdown. On SIGTERM or SIGINT the loop stops reading, the socket file is
 removed so new emitters cannot connect, messages already queued in the socket
-are taken one last time, every batch is published and the producer flushed,
-all within ``drain_timeout_s``. Events still unpublished when the time runs
-out are counted failed and reported in the final log line (the disk spool of
-a later issue will keep them instead). Nothing dropped goes uncounted.
+are taken one last time, and every batch is published, all within
+``drain_timeout_s``. Batches Kafka has not acknowledged by then are spooled,
+so the exit code is 0 whenever everything received is in Kafka or on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import zmq
+from aiokafka.errors import KafkaError
 
 from zlog import protocol
 from zlog.broker.config import BrokerConfig
+from zlog.broker.deadletter import DeadLetters
 from zlog.broker.listener import Listener
 from zlog.broker.logs import RateLimiter, get_logger
-from zlog.broker.publisher import OpenBatch, Publisher
+from zlog.broker.loss import loss_events
+from zlog.broker.publisher import (
+    MAX_RECONNECT_DELAY_S,
+    OpenBatch,
+    Publisher,
+    describe,
+)
 from zlog.broker.routing import Routes
+from zlog.broker.spool import DropPolicy, Spool, SpoolError
 from zlog.broker.stats import CLASS_NAMES, Stats
 
 __all__ = ["Broker", "run_broker"]
@@ -57,13 +82,19 @@ __all__ = ["Broker", "run_broker"]
 # many cycles; an emitter that keeps sending cannot hold the drain forever.
 FINAL_SWEEP_CYCLES = 64
 
+# One replay step reads this much of the spool: about 4 ms of peek per 1,000
+# records (docs/spool.md), and several Kafka batches' worth.
+REPLAY_RECORDS = 4000
+REPLAY_BYTES = 4 << 20
+
 _Event = protocol.Event
 _Drops = protocol.DropReport
 _Status = protocol.StatusRequest
+_Pair = tuple[bytes | None, protocol.Event]
 
 
 class Broker:
-    """One running broker: the socket, the receive loop and the publisher."""
+    """One running broker: the socket, the receive loop, the publisher, the spool."""
 
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
@@ -76,12 +107,31 @@ class Broker:
             group=config.socket_group,
             max_frame_bytes=config.max_frame_bytes,
         )
-        self.publisher = Publisher(config, self.stats, self.reply)
+        self.publisher = Publisher(
+            config,
+            self.stats,
+            self.reply,
+            spill=self._spill_batch,
+            reject=self._reject_batch,
+        )
         self.routes = Routes(*config.topics)
+        self.dead_letters = DeadLetters(config.dead_letter_path)
         self.socket: zmq.Socket | None = None
+        self.spool: Spool | None = None
+        self.spool_status: dict = {}
         self.state = "starting"
+        # True while the spool holds events: new ones go behind them.
+        self.spooling = False
+        self._appending = 0
+        self._writes: set[asyncio.Future] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._own_seq = 0
         self._stopping = False
         self._readable = asyncio.Event()
+        self._spool_ready = asyncio.Event()
+        # One thread for the spool and the dead-letter file, so writes keep
+        # their order and never block the event loop.
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="zlog-spool")
 
     async def run(self) -> int:
         """Serve until a signal, then drain; return the process exit code."""
@@ -89,33 +139,73 @@ class Broker:
         self.socket = self.listener.bind()
         self.log.info("bound", socket=str(self.config.socket_path))
         try:
-            await self._start_publisher()
-            self.log.info(
-                "kafka_connected",
-                bootstrap_servers=self.config.bootstrap_servers,
-                topics=list(self.config.topics),
-                compression=self.config.compression_type,
-            )
+            await self._open_spool()
+            await self._connect()
             self._watch_signals()
             self.state = "serving"
-            self.log.info("serving")
+            self.log.info("serving", spooling=self.spooling)
+            self._tasks = [
+                asyncio.create_task(self._replay_loop()),
+                asyncio.create_task(self._loss_loop()),
+            ]
             await self._receive_loop()
             return await self._drain()
         finally:
+            for task in self._tasks:
+                task.cancel()
             self._unwatch()
             self.listener.close()
+            if self.spool is not None:
+                await self._on_disk(self.spool.close)
+            self._disk.shutdown(wait=True)
 
-    async def _start_publisher(self) -> None:
+    async def _open_spool(self) -> None:
+        config = self.config
+        self.spool = await self._on_disk(
+            Spool.open,
+            config.spool_path,
+            config.spool_max_bytes,
+            DropPolicy(config.spool_drop_policy),
+        )
+        if self.spool.recovery is not None:
+            self.log.warning("spool_recovered", message=self.spool.recovery.message)
+        self.spool_status = _spool_status(self.spool.stats())
+        if self.spool.count:
+            self.spooling = True
+            self.log.info(
+                "spool_replay_pending",
+                path=str(config.spool_path),
+                events=self.spool.count,
+            )
+
+    async def _connect(self) -> bool:
+        """Start the producer; when Kafka is unreachable, spool and say so."""
         try:
             await self.publisher.start()
-        except BaseException:
-            await self.publisher.stop(timeout_s=5.0)
-            raise
+        except (KafkaError, TimeoutError, OSError) as exc:
+            self.spooling = True
+            self.publisher.last_error = describe(exc)
+            self._warn(
+                "kafka_unavailable",
+                bootstrap_servers=self.config.bootstrap_servers,
+                reason=describe(exc),
+                hint="events are spooled until Kafka answers",
+            )
+            return False
+        self.log.info(
+            "kafka_connected",
+            bootstrap_servers=self.config.bootstrap_servers,
+            topics=list(self.config.topics),
+            compression=self.config.compression_type,
+        )
+
+        return True
 
     def stop(self) -> None:
         """Ask the receive loop to stop reading and drain."""
         self._stopping = True
         self._readable.set()
+        self._spool_ready.set()
 
     def _watch_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -161,43 +251,65 @@ class Broker:
         return messages
 
     async def _cycle(self, messages: list[list[bytes]]) -> None:
-        """Route one cycle's messages into batches and hand them to Kafka."""
-        full, open_batches, unresolved = self._route(messages)
-        for topic, events in unresolved.items():
-            await self._route_late(topic, events, open_batches)
-        publisher = self.publisher
-        for batch in full:
-            await publisher.submit(batch)
-        for batch in open_batches.values():
-            await publisher.submit(batch)
-        publisher.end_cycle()
+        """Decode one cycle's messages and send its events on."""
+        await self._dispatch(self._decode(messages))
 
-    def _route(self, messages: list[list[bytes]]) -> tuple:
-        """The per-event path: decode, count, append to a batch. Kept lean."""
+    def _decode(self, messages: list[list[bytes]]) -> list[_Pair]:
+        """The per-event path: decode and count. Kept lean."""
         decode = protocol.decode
-        publisher = self.publisher
-        topics = self.routes.by_class
         received = self.stats.received
         note_sequence = self.stats.note_sequence
-        partition_maps: dict[str, dict] = {}
-        open_batches: dict[tuple[str, int], OpenBatch] = {}
-        full: list[OpenBatch] = []
-        unresolved: dict[str, list] = {}
-        now_ms = int(time.time() * 1000)
+        pairs: list[_Pair] = []
+        append = pairs.append
         for frames in messages:
             message = decode(frames[1:])
             if message.__class__ is not _Event:
                 self._handle_other(frames[0], message)
                 continue
-            event_class = message.event_class
-            received[event_class] += 1
+            received[message.event_class] += 1
             note_sequence(message.host, message.pid, message.seq)
-            topic = message.topic or topics[event_class]
+            append((frames[0], message))
+
+        return pairs
+
+    async def _dispatch(self, pairs: list[_Pair]) -> None:
+        """Send events to Kafka in batches, or behind the spool while it is used."""
+        if not pairs:
+            return
+        if self.spooling:
+            await self._store(pairs)
+            return
+        full, open_batches, unresolved = self._route(pairs)
+        for topic, events in unresolved.items():
+            await self._route_late(topic, events, open_batches)
+        for batch in (*full, *open_batches.values()):
+            await self._submit(batch)
+        self.publisher.end_cycle()
+
+    async def _submit(self, batch: OpenBatch) -> None:
+        # Once a batch of this cycle failed, the rest follow it into the spool
+        # rather than overtake it in Kafka.
+        if self.spooling:
+            self._spill_batch(batch, "spooling")
+            return
+        await self.publisher.submit(batch)
+
+    def _route(self, pairs: list[_Pair]) -> tuple:
+        """Append each event to the open batch of its topic-partition. Kept lean."""
+        publisher = self.publisher
+        topics = self.routes.by_class
+        partition_maps: dict[str, dict] = {}
+        open_batches: dict[tuple[str, int], OpenBatch] = {}
+        full: list[OpenBatch] = []
+        unresolved: dict[str, list] = {}
+        now_ms = int(time.time() * 1000)
+        for identity, message in pairs:
+            topic = message.topic or topics[message.event_class]
             by_key = partition_maps.get(topic)
             if by_key is None:
                 by_key = publisher.partition_map(topic)
                 if by_key is None:
-                    unresolved.setdefault(topic, []).append((frames[0], message))
+                    unresolved.setdefault(topic, []).append((identity, message))
                     continue
                 partition_maps[topic] = by_key
             key = message.key
@@ -209,75 +321,51 @@ class Broker:
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
-            if (
-                batch.builder.append(
-                    timestamp=now_ms,
-                    key=key,
-                    value=message.value,
-                    headers=message.headers,
-                )
-                is None
-            ):
+            if not _add(batch, identity, message, now_ms):
                 full.append(batch)
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
-                batch.builder.append(
-                    timestamp=now_ms,
-                    key=key,
-                    value=message.value,
-                    headers=message.headers,
-                )
-            batch.counts[event_class] += 1
-            if message.wants_ack:
-                batch.acks.append((frames[0], message.seq))
+                _add(batch, identity, message, now_ms)
 
         return full, open_batches, unresolved
 
     async def _route_late(
-        self, topic: str, events: list, open_batches: dict[tuple[str, int], OpenBatch]
+        self,
+        topic: str,
+        pairs: list[_Pair],
+        open_batches: dict[tuple[str, int], OpenBatch],
     ) -> None:
         """Route events naming a topic the producer had no metadata for yet."""
         publisher = self.publisher
         if not await publisher.resolve_topic(topic):
-            self._refuse_unknown_topic(topic, events)
+            self._refuse_unknown_topic(topic, pairs)
             return
         now_ms = int(time.time() * 1000)
-        for identity, message in events:
+        for identity, message in pairs:
             partition = publisher.partition_for(topic, message.key)
             batch = open_batches.get((topic, partition))
             if batch is None:
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
-            if not batch.builder.append(
-                timestamp=now_ms,
-                key=message.key,
-                value=message.value,
-                headers=message.headers,
-            ):
-                await publisher.submit(batch)
+            if not _add(batch, identity, message, now_ms):
+                await self._submit(batch)
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
-                batch.builder.append(
-                    timestamp=now_ms,
-                    key=message.key,
-                    value=message.value,
-                    headers=message.headers,
-                )
-            batch.counts[message.event_class] += 1
-            if message.wants_ack:
-                batch.acks.append((identity, message.seq))
+                _add(batch, identity, message, now_ms)
 
-    def _refuse_unknown_topic(self, topic: str, events: list) -> None:
-        reason = f"topic {topic!r} does not exist in Kafka"
-        for identity, message in events:
-            self.stats.failed[message.event_class] += 1
-            if message.wants_ack:
-                self.reply(identity, protocol.encode_nack(message.seq, reason))
-                self.stats.nacks_sent += 1
-        self._warn("unknown_topic", topic=topic, events=len(events))
+    def _refuse_unknown_topic(self, topic: str, pairs: list[_Pair]) -> None:
+        """Dead-letter events for a topic Kafka lacks; spool them if Kafka is away."""
+        batch = OpenBatch(None, topic, -1)
+        for identity, message in pairs:
+            _count_into(batch, identity, message)
+        if self.publisher.kafka_state != "connected":
+            self._spill_batch(batch, "topic metadata unavailable")
+            return
+        self._warn("unknown_topic", topic=topic, events=len(pairs))
+        self._reject_batch(batch, f"topic {topic!r} does not exist in Kafka")
 
     def _handle_other(self, identity: bytes, message: object) -> None:
         """Status requests, drop reports and frames that did not decode."""
@@ -290,12 +378,215 @@ class Broker:
             self.stats.bad_frames[message.reason] += 1
             self._warn("bad_frame", reason=message.reason, detail=message.detail)
 
-    def reply(self, identity: bytes, frames: list[bytes]) -> None:
+    def reply(self, identity: bytes | None, frames: list[bytes]) -> None:
         """Send frames back to one emitter; count it when the emitter is gone."""
+        if identity is None:
+            return
         try:
             self.socket.send_multipart([identity, *frames], zmq.NOBLOCK)
         except zmq.ZMQError:
             self.stats.replies_undeliverable += 1
+
+    async def _on_disk(self, function, *args):
+        """Run a spool or dead-letter call in the disk thread."""
+        loop = asyncio.get_running_loop()
+
+        return await loop.run_in_executor(self._disk, function, *args)
+
+    def _store(self, pairs: list[_Pair]) -> asyncio.Future:
+        """Append events to the spool behind everything queued before them.
+
+        The write is handed to the disk thread at once, so calls keep their
+        order; the returned future settles acks and counts when it is done.
+        """
+        if not self.spooling:
+            self.spooling = True
+            self.log.warning("spooling", path=str(self.config.spool_path))
+        self._spool_ready.set()
+        events = [event for _, event in pairs]
+        loop = asyncio.get_running_loop()
+        write = loop.run_in_executor(self._disk, self._append_and_stat, events)
+        self._appending += 1
+        done = asyncio.ensure_future(self._settle_store(write, pairs))
+        self._writes.add(done)
+        done.add_done_callback(self._writes.discard)
+
+        return done
+
+    def _append_and_stat(self, events: list[protocol.Event]) -> tuple:
+        result = self.spool.append(events)
+
+        return result, self.spool.stats()
+
+    async def _settle_store(self, write: asyncio.Future, pairs: list[_Pair]) -> None:
+        stats = self.stats
+        try:
+            result, spool_stats = await write
+        except SpoolError as exc:
+            self._fail(pairs, f"spool write failed: {exc}", "spool_error")
+            self._warn("spool_write_failed", reason=str(exc), events=len(pairs))
+            return
+        finally:
+            self._appending -= 1
+        self.spool_status = _spool_status(spool_stats)
+        refused = {id(event) for event in result.refused}
+        stored = [(i, e) for i, e in pairs if id(e) not in refused]
+        for identity, event in stored:
+            stats.spooled[event.event_class] += 1
+            if event.wants_ack:
+                self.reply(identity, protocol.encode_ack(event.seq))
+                stats.acks_sent += 1
+        if refused:
+            self._fail(
+                [(i, e) for i, e in pairs if id(e) in refused],
+                "spool full",
+                "spool_refused",
+            )
+            self._warn("spool_full", refused=len(refused), path=str(self.spool.path))
+        for (_, host, pid), count in result.evicted.items():
+            stats.losses.add(host, pid, "spool_evicted", count)
+
+    def _fail(self, pairs: list[_Pair], reason: str, loss_reason: str) -> None:
+        """Count events that are lost for good and refuse their acks."""
+        stats = self.stats
+        for identity, event in pairs:
+            stats.failed[event.event_class] += 1
+            stats.losses.add(event.host, event.pid, loss_reason, 1)
+            if event.wants_ack:
+                self.reply(identity, protocol.encode_nack(event.seq, reason))
+                stats.nacks_sent += 1
+
+    def _spill_batch(self, batch: OpenBatch, reason: str) -> None:
+        """A batch Kafka may take later: keep it in the spool."""
+        identities = {id(event): identity for identity, event in batch.acks}
+        self._store([(identities.get(id(e)), e) for e in batch.events])
+
+    def _reject_batch(self, batch: OpenBatch, reason: str) -> None:
+        """A batch Kafka will never take: count it, nack it, dead-letter it."""
+        stats = self.stats
+        label = reason.split(":", 1)[0]
+        stats.dead_lettered[label] += len(batch.events)
+        for event in batch.events:
+            stats.failed[event.event_class] += 1
+        for identity, event in batch.acks:
+            self.reply(identity, protocol.encode_nack(event.seq, reason))
+            stats.nacks_sent += 1
+        loop = asyncio.get_running_loop()
+        write = loop.run_in_executor(
+            self._disk, self.dead_letters.write, batch.topic, reason, batch.events
+        )
+        self._writes.add(write)
+        write.add_done_callback(self._dead_letter_written)
+
+    def _dead_letter_written(self, write: asyncio.Future) -> None:
+        self._writes.discard(write)
+        if not write.cancelled() and write.exception() is not None:
+            self._warn(
+                "dead_letter_failed",
+                path=str(self.config.dead_letter_path),
+                reason=describe(write.exception()),
+            )
+
+    async def _replay_loop(self) -> None:
+        """Connect when needed, and publish the spool whenever it holds events."""
+        delay_s = 1.0
+        while not self._stopping:
+            if not self.spooling:
+                self._spool_ready.clear()
+                await self._spool_ready.wait()
+                continue
+            if not self.publisher.connected and not await self._connect():
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
+                continue
+            progress = await self._replay_step()
+            if progress is None:
+                # Empty: appends in the disk thread are still spooling events.
+                if self._appending == 0 and self.spool.count == 0:
+                    self.spooling = False
+                    self.log.info("spool_drained", replayed=sum(self.stats.replayed))
+                else:
+                    await asyncio.sleep(0.01)
+            elif progress:
+                delay_s = 1.0
+            else:
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
+
+    async def _replay_step(self) -> bool | None:
+        """Publish the oldest spooled events; None when there were none.
+
+        Returns whether every batch of the step reached Kafka; those that did
+        are removed from the spool, the rest are tried again.
+        """
+        records = await self._on_disk(self.spool.peek, REPLAY_RECORDS, REPLAY_BYTES)
+        if not records:
+            return None
+        pairs = [(None, record.event) for record in records]
+        full, open_batches, unresolved = self._route(pairs)
+        batches = [*full, *open_batches.values()]
+        ids_of = _record_ids(records, batches)
+        sent: dict[asyncio.Future, OpenBatch] = {}
+        for batch in batches:
+            batch.replay = True
+            future = await self.publisher.submit(batch)
+            if future is not None:
+                sent[future] = batch
+        done_ids: list[int] = []
+        if sent:
+            await asyncio.wait(list(sent), timeout=self.config.send_timeout_s * 2)
+            for future, batch in sent.items():
+                if future.done() and not future.cancelled() and not future.exception():
+                    done_ids += ids_of[id(batch)]
+        late_ok = await self._replay_unresolved(unresolved, records)
+        done_ids += late_ok
+        all_done = len(done_ids) == len(records)
+        if all_done:
+            removed = self.spool.remove_through
+            await self._on_disk(removed, records[-1].id)
+        elif done_ids:
+            await self._on_disk(self.spool.remove, done_ids)
+        self.spool_status = _spool_status(await self._on_disk(self.spool.stats))
+
+        return all_done
+
+    async def _replay_unresolved(self, unresolved: dict, records: list) -> list[int]:
+        """Spooled events for a topic Kafka lacks: dead-letter them if Kafka is up."""
+        ids = []
+        by_event = {id(record.event): record.id for record in records}
+        for topic, pairs in unresolved.items():
+            if await self.publisher.resolve_topic(topic):
+                continue  # known now: the next step routes them
+            if self.publisher.kafka_state != "connected":
+                continue
+            batch = OpenBatch(None, topic, -1)
+            for identity, event in pairs:
+                _count_into(batch, identity, event)
+            self._warn("unknown_topic", topic=topic, events=len(pairs))
+            self._reject_batch(batch, f"topic {topic!r} does not exist in Kafka")
+            ids += [by_event[id(event)] for _, event in pairs]
+
+        return ids
+
+    async def _loss_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.config.loss_report_interval_s)
+            await self._report_losses()
+
+    async def _report_losses(self) -> None:
+        """Publish what is known lost since the last report, if anything."""
+        taken = self.stats.losses.take()
+        if not taken:
+            return
+        events = loss_events(taken, self._own_seq)
+        self._own_seq += len(events)
+        self.stats.generated += len(events)
+        self._warn(
+            "events_lost",
+            origins=len(taken),
+            total=sum(sum(c.values()) for c in taken.values()),
+        )
+        await self._dispatch([(None, event) for event in events])
 
     def status_json(self) -> bytes:
         """The status document as JSON bytes."""
@@ -304,6 +595,12 @@ class Broker:
             socket=str(self.config.socket_path),
             topics=dict(zip(CLASS_NAMES[1:], self.config.topics, strict=True)),
             kafka=self.publisher.status(),
+            spool={
+                "path": str(self.config.spool_path),
+                "spooling": self.spooling,
+                **self.spool_status,
+            },
+            dead_letter_path=str(self.config.dead_letter_path),
         )
 
         return json.dumps(status, separators=(",", ":")).encode()
@@ -314,7 +611,7 @@ class Broker:
             self.log.warning(event, similar_suppressed=suppressed, **fields)
 
     async def _drain(self) -> int:
-        """Publish everything received, flush, and say whether all of it made it."""
+        """Publish or spool everything received, then say whether all of it is safe."""
         self.state = "draining"
         deadline = time.monotonic() + self.config.drain_timeout_s
         self.listener.stop_accepting()
@@ -324,23 +621,81 @@ class Broker:
             if not messages:
                 break
             await self._cycle(messages)
-        remaining_s = max(0.0, deadline - time.monotonic())
-        flushed = await self.publisher.flush(remaining_s)
-        # TODO: when the drain times out, write the unpublished batches to the
-        # disk spool (issue 5) instead of counting them failed.
+        await self._report_losses()
+        await self._stop_tasks(deadline)
+        flushed = True
+        if self.publisher.connected:
+            remaining_s = max(0.0, deadline - time.monotonic())
+            flushed = await self.publisher.flush(remaining_s)
+            for batch in self.publisher.abandon_in_flight():
+                self._spill_batch(batch, "drain timed out")
+        while self._writes:
+            await asyncio.wait(list(self._writes))
         await self.publisher.stop(max(1.0, deadline - time.monotonic()))
         self.state = "stopped"
         summary = self.stats.summary()
-        unsettled = sum(self.stats.received) - summary["published"] - summary["failed"]
+        unsettled = sum(self.stats.received) + self.stats.generated
+        unsettled -= self.stats.settled()
         self.log.info(
             "stopped",
             flushed=flushed,
             unsettled=unsettled,
             **summary,
+            spool_events=self.spool.count,
             emitter_drops=self.stats.drops_total(),
         )
 
-        return 0 if flushed and unsettled == 0 else 1
+        return 0 if unsettled == 0 else 1
+
+    async def _stop_tasks(self, deadline: float) -> None:
+        """Let a replay step in progress finish within the drain, then stop."""
+        self._spool_ready.set()
+        remaining_s = max(0.1, deadline - time.monotonic())
+        await asyncio.wait(self._tasks, timeout=remaining_s / 2)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _add(batch: OpenBatch, identity: bytes | None, event: _Event, now_ms: int) -> bool:
+    """Append an event to a batch; False when the batch is full."""
+    if (
+        batch.builder.append(
+            timestamp=now_ms, key=event.key, value=event.value, headers=event.headers
+        )
+        is None
+    ):
+        return False
+    _count_into(batch, identity, event)
+
+    return True
+
+
+def _count_into(batch: OpenBatch, identity: bytes | None, event: _Event) -> None:
+    batch.counts[event.event_class] += 1
+    batch.events.append(event)
+    if event.wants_ack:
+        batch.acks.append((identity, event))
+
+
+def _record_ids(records: list, batches: list[OpenBatch]) -> dict[int, list[int]]:
+    """Spool ids of each batch's events, keyed by the batch's ``id()``."""
+    by_event = {id(record.event): record.id for record in records}
+
+    return {id(b): [by_event[id(e)] for e in b.events] for b in batches}
+
+
+def _spool_status(stats: object) -> dict:
+    return {
+        "events": stats.count,
+        "size_bytes": stats.size_bytes,
+        "max_bytes": stats.max_bytes,
+        "drops": {
+            f"{c.name.lower()}:{r.value}": n for (c, r), n in stats.drops.items()
+        },
+    }
 
 
 async def run_broker(config: BrokerConfig) -> int:

@@ -7,8 +7,12 @@ batch instead of one per event, measured about six times faster than
 the producer would choose it (its partitioner, Kafka's murmur2 of the key), so
 keyed events land where any other Kafka client would put them.
 
-When a batch's future resolves, every event in it is counted published (or
-failed) and every sender that asked is acked (or nacked) through ``reply``.
+When a batch's future resolves, every event in it is counted published and
+every sender that asked is acked through ``reply``. A batch Kafka does not
+take goes to one of two handlers the broker gives: ``spill`` when the cause
+may pass (Kafka unreachable, slower than ``send_timeout_s``, a retriable
+error), so the batch is spooled, and ``reject`` when it will not (record too
+large, authorization, unknown topic), so the batch is dead-lettered.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from zlog import protocol
 from zlog.broker.config import BrokerConfig
@@ -44,6 +48,9 @@ TOPIC_LOOKUP_TIMEOUT_S = 2.0
 # Partition counts can grow; the key -> partition cache is rebuilt this often.
 PARTITION_CACHE_TTL_S = 60.0
 
+# How long a failed start waits before trying Kafka again, at most.
+MAX_RECONNECT_DELAY_S = 10.0
+
 Reply = Callable[[bytes, list[bytes]], None]
 
 
@@ -55,17 +62,49 @@ class OpenBatch:
     topic: str
     partition: int
     counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
-    # (ROUTER identity, sequence number) of each event whose sender wants an ack.
-    acks: list[tuple[bytes, int]] = field(default_factory=list)
+    # The events in the batch, kept so a failed batch can be spooled.
+    events: list[protocol.Event] = field(default_factory=list)
+    # (ROUTER identity, event) of each event whose sender wants an ack.
+    acks: list[tuple[bytes, protocol.Event]] = field(default_factory=list)
+    # Replayed from the spool: settled by the replay, never spilled again.
+    replay: bool = False
+    # Spooled at drain while still in flight; a later success is a duplicate.
+    abandoned: bool = False
+
+
+Handler = Callable[[OpenBatch, str], None]
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Whether a failed send may succeed later, so its batch is spooled."""
+    if isinstance(exc, TimeoutError | KafkaTimeoutError | asyncio.CancelledError):
+        return True
+
+    return bool(getattr(exc, "retriable", False))
+
+
+def describe(exc: BaseException) -> str:
+    """A failure as one short reason: the error's class name and message."""
+    return f"{type(exc).__name__}: {exc}".strip(": ")
 
 
 class Publisher:
     """Owns the only Kafka producer and the batches in flight to it."""
 
-    def __init__(self, config: BrokerConfig, stats: Stats, reply: Reply) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        stats: Stats,
+        reply: Reply,
+        *,
+        spill: Handler,
+        reject: Handler,
+    ) -> None:
         self.config = config
         self.stats = stats
         self.reply = reply
+        self.spill = spill
+        self.reject = reject
         self.log = get_logger()
         self.warnings = RateLimiter()
         self.kafka_state = "starting"
@@ -76,26 +115,41 @@ class Publisher:
         self._partitions: dict[str, dict[bytes | None, int]] = {}
         self._partitions_built = time.monotonic()
         self._unknown_topics: dict[str, float] = {}
-        self._in_flight: set[asyncio.Future] = set()
+        self._in_flight: dict[asyncio.Future, OpenBatch] = {}
 
     async def start(self) -> None:
         """Create the topics if allowed, connect, and learn their partitions."""
         config = self.config
         if config.create_topics:
             await self._ensure_topics()
-        self.producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=config.bootstrap_servers,
             acks="all",
             enable_idempotence=True,
             compression_type=config.compression_type,
             linger_ms=config.linger_ms,
             max_batch_size=config.max_batch_bytes,
+            # A batch not acknowledged within the bound expires in the
+            # producer and is spooled: the producer never sends it later.
+            request_timeout_ms=int(config.send_timeout_s * 1000),
             client_id="zlog-broker",
         )
-        await self.producer.start()
-        for topic in self.config.topics:
-            await self.producer.partitions_for(topic)
+        try:
+            await producer.start()
+            for topic in self.config.topics:
+                await asyncio.wait_for(
+                    producer.partitions_for(topic), config.send_timeout_s
+                )
+        except BaseException:
+            await _stop_quietly(producer, config.send_timeout_s)
+            raise
+        self.producer = producer
         self.kafka_state = "connected"
+
+    @property
+    def connected(self) -> bool:
+        """Whether a producer is running (Kafka may still be failing)."""
+        return self.producer is not None
 
     async def _ensure_topics(self) -> None:
         admin = AIOKafkaAdminClient(
@@ -176,58 +230,87 @@ class Publisher:
             if partitions:
                 by_key[None] = random.choice(sorted(partitions))
 
-    async def submit(self, batch: OpenBatch) -> None:
-        """Hand one batch to the producer; waits while its partition is busy."""
+    async def submit(self, batch: OpenBatch) -> asyncio.Future | None:
+        """Hand one batch to the producer; None when it failed at once.
+
+        Waits while the partition's previous batch is queued, at most
+        ``send_timeout_s``; past that the batch fails as retriable.
+        """
         try:
-            future = await self.producer.send_batch(
-                batch.builder, batch.topic, partition=batch.partition
+            future = await asyncio.wait_for(
+                self.producer.send_batch(
+                    batch.builder, batch.topic, partition=batch.partition
+                ),
+                self.config.send_timeout_s,
             )
-        except KafkaError as exc:
+        except (KafkaError, TimeoutError) as exc:
             self._give_up(batch, exc)
-            return
-        self._in_flight.add(future)
+            return None
+        self._in_flight[future] = batch
         future.add_done_callback(lambda done: self._settle(batch, done))
 
+        return future
+
     def _settle(self, batch: OpenBatch, future: asyncio.Future) -> None:
-        self._in_flight.discard(future)
+        if self._in_flight.pop(future, None) is None and not batch.abandoned:
+            return
         exc = future.exception() if not future.cancelled() else KafkaError()
         if exc is not None:
-            self._give_up(batch, exc)
+            if not batch.abandoned:
+                self._give_up(batch, exc)
             return
-        published = self.stats.published
-        for index, count in enumerate(batch.counts):
-            published[index] += count
         if self.kafka_state != "connected":
             self.kafka_state = "connected"
             self.log.info("kafka_recovered")
+        stats = self.stats
+        if batch.abandoned:
+            stats.duplicates_possible += sum(batch.counts)
+            return
+        counts = stats.replayed if batch.replay else stats.published
+        for index, count in enumerate(batch.counts):
+            counts[index] += count
         reply = self.reply
-        for identity, seq in batch.acks:
-            reply(identity, protocol.encode_ack(seq))
-        self.stats.acks_sent += len(batch.acks)
+        for identity, event in batch.acks:
+            reply(identity, protocol.encode_ack(event.seq))
+        stats.acks_sent += len(batch.acks)
 
     def _give_up(self, batch: OpenBatch, exc: BaseException) -> None:
-        # TODO: commit the batch to the disk spool instead of failing it while
-        # Kafka is unavailable (issue 5); until then its events are counted
-        # failed and their senders nacked.
-        reason = f"{type(exc).__name__}: {exc}".strip(": ")
-        failed = self.stats.failed
-        for index, count in enumerate(batch.counts):
-            failed[index] += count
-        self.kafka_state = "failing"
+        """Send a failed batch to the spool or the dead letters, by its cause."""
+        reason = describe(exc)
         self.last_error = reason
-        for identity, seq in batch.acks:
-            self.reply(identity, protocol.encode_nack(seq, reason))
-        self.stats.nacks_sent += len(batch.acks)
-        suppressed = self.warnings.allow("kafka_batch_failed")
+        if is_retriable(exc):
+            self.kafka_state = "failing"
+            self._warn("kafka_unavailable", batch, reason)
+            if not batch.replay:
+                self.spill(batch, reason)
+            return
+        self._warn("kafka_rejected", batch, reason)
+        self.reject(batch, reason)
+
+    def _warn(self, event: str, batch: OpenBatch, reason: str) -> None:
+        suppressed = self.warnings.allow(f"{event}:{batch.topic}")
         if suppressed is not None:
             self.log.warning(
-                "kafka_batch_failed",
+                event,
                 topic=batch.topic,
                 partition=batch.partition,
                 events=sum(batch.counts),
                 reason=reason,
                 similar_suppressed=suppressed,
             )
+
+    def abandon_in_flight(self) -> list[OpenBatch]:
+        """Give up waiting for the batches in flight; return them to spool.
+
+        Used when the drain runs out of time. Kafka may still take some of
+        them; those are counted as possible duplicates, not published.
+        """
+        batches = [b for b in self._in_flight.values() if not b.replay]
+        for batch in batches:
+            batch.abandoned = True
+        self._in_flight.clear()
+
+        return batches
 
     def pending(self) -> int:
         """Batches handed to the producer that Kafka has not answered yet."""
@@ -238,7 +321,7 @@ class Publisher:
         try:
             await asyncio.wait_for(self.producer.flush(), timeout_s)
             if self._in_flight:
-                await asyncio.wait(set(self._in_flight), timeout=timeout_s)
+                await asyncio.wait(list(self._in_flight), timeout=timeout_s)
         except TimeoutError:
             return False
 
@@ -248,15 +331,13 @@ class Publisher:
         """Close the producer; gives up after ``timeout_s`` when Kafka is gone."""
         if self.producer is None:
             return
-        try:
-            await asyncio.wait_for(self.producer.stop(), timeout_s)
-        except TimeoutError:
-            self.log.error("kafka_stop_timed_out", timeout_s=timeout_s)
+        if not await _stop_quietly(self.producer, timeout_s):
+            self.log.warning("kafka_stop_timed_out", timeout_s=timeout_s)
 
     def status(self) -> dict:
         """Kafka's part of the status document."""
         return {
-            "state": self.kafka_state,
+            "state": self.kafka_state if self.connected else "unavailable",
             "bootstrap_servers": self.config.bootstrap_servers,
             "compression": self.config.compression_type,
             "batches_in_flight": len(self._in_flight),
@@ -273,3 +354,15 @@ def _topic_errors(response: object) -> list[tuple[str, int, str]]:
         errors.append((topic, code, message or ""))
 
     return errors
+
+
+async def _stop_quietly(producer: AIOKafkaProducer, timeout_s: float) -> bool:
+    """Stop a producer within ``timeout_s``; False when it did not finish."""
+    try:
+        await asyncio.wait_for(producer.stop(), timeout_s)
+    except TimeoutError:
+        return False
+    except KafkaError:
+        pass
+
+    return True

@@ -1,0 +1,129 @@
+"""Loss accounting: what the broker knows was lost, per origin, and its report.
+
+Three sources feed the ledger: gaps in an origin's sequence numbers (counted
+by ``Stats.note_sequence``), drops an emitter reports itself, and events the
+spool evicted or refused. Counts pile up per origin until the broker takes
+them and publishes one ``zlog.loss`` application event per origin, an
+envelope like any other, so consumers of the application topic see loss
+where they see everything else.
+
+A late sequence number fills a gap counted before, so a count may go down;
+only positive counts are reported, and what was reported is never taken
+back.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import Counter
+
+from zlog import protocol
+from zlog.protocol import Event, EventClass
+
+__all__ = ["LOSS_MESSAGE", "SEQUENCE_GAP", "LossLedger", "loss_events"]
+
+LOSS_MESSAGE = "zlog.loss"
+
+# The ledger's reason for numbers missing from an origin's sequence.
+SEQUENCE_GAP = "sequence_gap"
+
+# A report names at most this many origins; the rest are summed under one
+# origin "other", so a flood of short-lived processes cannot flood Kafka.
+MAX_ORIGINS_PER_REPORT = 100
+
+_Origin = tuple[str, int]
+
+
+class LossLedger:
+    """Losses by origin and reason, not yet published."""
+
+    def __init__(self) -> None:
+        self._pending: dict[_Origin, Counter[str]] = {}
+        self.reported: Counter[str] = Counter()  # by reason, since start
+
+    def add(self, host: str, pid: int, reason: str, count: int) -> None:
+        """Count ``count`` events of origin (host, pid) lost for ``reason``."""
+        self._pending.setdefault((host, pid), Counter())[reason] += count
+
+    def take(self) -> dict[_Origin, dict[str, int]]:
+        """The positive counts by origin; they are cleared, the rest kept."""
+        taken = {}
+        for origin, counts in list(self._pending.items()):
+            positive = {r: n for r, n in counts.items() if n > 0}
+            if positive:
+                taken[origin] = positive
+                for reason in positive:
+                    del counts[reason]
+            if not counts:
+                del self._pending[origin]
+        for counts in taken.values():
+            self.reported.update(counts)
+
+        return taken
+
+
+def loss_events(taken: dict[_Origin, dict[str, int]], seq: int) -> list[Event]:
+    """One ``zlog.loss`` application event per origin in ``taken``.
+
+    ``seq`` numbers the broker's own events; each event uses the next.
+    """
+    from zlog.client.envelope import EnvelopeBuilder
+
+    builder = EnvelopeBuilder(strict=False)
+    broker_host = socket.gethostname()
+    tenant_id = os.environ.get("TENANT_ID") or "default"
+    events = []
+    for (host, pid), counts in _capped(taken).items():
+        event_class, value, key, headers = builder.application(
+            service_name="zlog-broker",
+            instance_id=f"{broker_host}:{os.getpid()}",
+            level="WARN",
+            logger="zlog.broker",
+            message=LOSS_MESSAGE,
+            code=LOSS_MESSAGE,
+            context={
+                "origin": {"host": host, "pid": pid},
+                "counts": counts,
+                "total": sum(counts.values()),
+            },
+            tenant_id=tenant_id,
+        )
+        seq += 1
+        events.append(
+            Event(
+                event_class=EventClass(event_class),
+                topic=None,
+                key=key,
+                headers=_decoded(headers),
+                value=value,
+                host=broker_host,
+                pid=os.getpid(),
+                seq=seq,
+                wants_ack=False,
+            )
+        )
+
+    return events
+
+
+def _capped(taken: dict[_Origin, dict[str, int]]) -> dict[_Origin, dict[str, int]]:
+    if len(taken) <= MAX_ORIGINS_PER_REPORT:
+        return taken
+    origins = sorted(taken, key=lambda o: -sum(taken[o].values()))
+    capped = {o: taken[o] for o in origins[: MAX_ORIGINS_PER_REPORT - 1]}
+    other: Counter[str] = Counter()
+    for origin in origins[MAX_ORIGINS_PER_REPORT - 1 :]:
+        other.update(taken[origin])
+    capped["other", 0] = dict(other)
+
+    return capped
+
+
+def _decoded(headers: object) -> list[tuple[str, bytes]]:
+    """Headers as the protocol's list, whichever form the builder gave."""
+    if isinstance(headers, bytes):
+        decoded = protocol.decode_headers(headers)
+        return [] if isinstance(decoded, protocol.FrameError) else decoded
+
+    return list(headers or [])
