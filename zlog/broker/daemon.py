@@ -87,6 +87,10 @@ FINAL_SWEEP_CYCLES = 64
 REPLAY_RECORDS = 4000
 REPLAY_BYTES = 4 << 20
 
+# A replay step waits this long at most for Kafka's answers: a backstop only,
+# since the producer fails a batch by itself after send_timeout_s.
+REPLAY_WAIT_LIMIT_S = 120.0
+
 _Event = protocol.Event
 _Drops = protocol.DropReport
 _Status = protocol.StatusRequest
@@ -534,7 +538,9 @@ class Broker:
                 sent[future] = batch
         done_ids: list[int] = []
         if sent:
-            await asyncio.wait(list(sent), timeout=self.config.send_timeout_s * 2)
+            # The producer expires a batch after send_timeout_s of failures;
+            # giving up before it would replay events Kafka may still take.
+            await asyncio.wait(list(sent), timeout=REPLAY_WAIT_LIMIT_S)
             for future, batch in sent.items():
                 if future.done() and not future.cancelled() and not future.exception():
                     done_ids += ids_of[id(batch)]

@@ -41,6 +41,12 @@ PROBE_TIMEOUT_S = 1.0
 # Replies still queued when the broker closes its socket get this long to go.
 CLOSE_LINGER_MS = 1000
 
+# Replies queued per emitter connection before more are counted undeliverable.
+# A spool append acks a whole cycle (up to 4096 events) at once, so ZeroMQ's
+# default of 1000 would drop acks of a busy emitter; 65,536 small replies
+# cost a few MB at most for an emitter that never reads them.
+REPLY_HWM = 65_536
+
 
 def probe_status(context: zmq.Context, path: Path, timeout_s: float) -> bytes | None:
     """Ask the socket at ``path`` for its status; None when nobody answers."""
@@ -176,6 +182,7 @@ class Listener:
         # Replies to a vanished emitter raise instead of vanishing silently,
         # so they are counted.
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.sndhwm = REPLY_HWM
         router.linger = CLOSE_LINGER_MS
         # The socket file is created by bind; the umask keeps it closed to
         # others from its first instant, before the chmod below.

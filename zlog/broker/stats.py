@@ -125,6 +125,7 @@ class Stats:
             "failed": _by_class(self.failed),
             "dead_lettered": dict(self.dead_lettered),
             "duplicates_possible": self.duplicates_possible,
+            "generated": self.generated,
             "losses_reported": dict(self.losses.reported),
             "totals": self.summary(),
             "bad_frames": dict(self.bad_frames),

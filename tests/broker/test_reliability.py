@@ -1,0 +1,342 @@
+"""Failure tests against real processes: Kafka away, broker killed, spool full.
+
+Every event carries an id ("proc-i") inside its envelope; each test counts
+what reached Kafka by those ids. Each test bounds its own waits and stops
+every process it started.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+import zmq
+from conftest import broker_answers
+from kafka_helpers import consume
+
+from zlog import protocol
+from zlog.protocol import EventClass
+
+from .sender import make_event
+
+SENDER = str(Path(__file__).with_name("sender.py"))
+KAFKA_SCRIPT = str(Path(__file__).parents[2] / "scripts" / "kafka")
+
+pytestmark = pytest.mark.kafka
+
+# The broker's resident memory with 5,000 events spooled: the interpreter,
+# aiokafka and ZeroMQ take about 60 MB; the budget leaves room for one cycle.
+RSS_BUDGET_BYTES = 150 * 1024 * 1024
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def status(socket_path: Path) -> dict:
+    body = broker_answers(socket_path, timeout_s=10)
+    assert body is not None, "the broker did not answer a status request"
+
+    return json.loads(body)
+
+
+def wait_for(predicate, timeout_s: float, interval_s: float = 0.2):
+    """Poll ``predicate`` until it returns something true; fail after the bound."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    pytest.fail(f"condition not met within {timeout_s} s")
+
+
+def ids_of(records) -> Counter[str]:
+    """Event ids in Kafka records, loss reports (no id) left out."""
+    ids: Counter[str] = Counter()
+    for record in records:
+        document = json.loads(record.value)
+        if "id" in document:
+            ids[document["id"]] += 1
+
+    return ids
+
+
+def log_lines(stderr: str) -> list[dict]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+class AckingSender:
+    """A raw emitter in this process: every event asks for an ack, replies kept."""
+
+    def __init__(self, socket_path: Path, proc: int) -> None:
+        self.proc = proc
+        self.context = zmq.Context()
+        self.dealer = self.context.socket(zmq.DEALER)
+        self.dealer.sndhwm = 0
+        self.dealer.rcvhwm = 0
+        self.dealer.connect(f"ipc://{socket_path}")
+        self.sent = 0
+        self.acked: set[int] = set()
+        self.nacked: dict[int, str] = {}
+
+    def send(self, count: int, event_class: EventClass | None = None) -> None:
+        for _ in range(count):
+            i = self.sent
+            default_class, key, headers, value = make_event(self.proc, i)
+            self.dealer.send_multipart(
+                protocol.encode_event(
+                    event_class or default_class,
+                    value,
+                    host=b"test",
+                    pid=self.proc,
+                    seq=i + 1,
+                    key=key,
+                    headers=protocol.encode_headers(headers),
+                    wants_ack=True,
+                )
+            )
+            self.sent += 1
+            if self.sent % 100 == 0:
+                # Replies queue in the socket like events: read them as an
+                # emitter would, or the broker's reply queue overflows.
+                self.collect(0)
+        self.collect(0)
+
+    def collect(self, timeout_s: float) -> None:
+        """Read the replies that arrive within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not self.dealer.poll(wait_ms):
+                return
+            reply = protocol.decode_reply(self.dealer.recv_multipart())
+            if reply.kind is protocol.Kind.ACK:
+                self.acked.add(reply.seq - 1)
+            else:
+                self.nacked[reply.seq - 1] = reply.body.decode()
+
+    def close(self) -> None:
+        self.dealer.close(linger=0)
+        self.context.term()
+
+
+def test_kafka_unreachable_from_start_spools_then_publishes_exactly_once(
+    start_broker, topics, kafka_bootstrap, tmp_path
+):
+    """5,000 events with Kafka away are spooled fast, kept at exit, replayed once."""
+    count = 5000
+    broker = start_broker(
+        "--drain-timeout-s", "5", bootstrap=f"127.0.0.1:{closed_port()}"
+    )
+    sender = AckingSender(broker.socket_path, proc=1)
+    started = time.monotonic()
+
+    sender.send(count)
+    send_s = time.monotonic() - started
+    spooled = wait_for(
+        lambda: (s := status(broker.socket_path))["spool"]["events"] >= count and s,
+        timeout_s=10,
+    )
+    spooled_s = time.monotonic() - started
+    sender.collect(5)
+    rss_bytes = psutil.Process(broker.process.pid).memory_info().rss
+    stop_started = time.monotonic()
+    exit_code = broker.terminate(timeout_s=30)
+    stop_s = time.monotonic() - stop_started
+    sender.close()
+
+    print(
+        f"\nsent 5,000 in {send_s:.3f} s, spooled in {spooled_s:.2f} s, "
+        f"RSS {rss_bytes / 2**20:.0f} MiB, SIGTERM exit in {stop_s:.2f} s"
+    )
+    assert spooled["spool"]["events"] == count
+    assert spooled["kafka"]["state"] == "unavailable"
+    assert len(sender.acked) == count, "spooled events are acked as stored"
+    assert rss_bytes < RSS_BUDGET_BYTES
+    assert exit_code == 0
+    assert stop_s < 5 + 5
+
+    restarted = start_broker()
+    records = consume(kafka_bootstrap, topics.all(), count, timeout_s=60)
+    ids = ids_of(records)
+
+    assert len(ids) == count
+    assert sum(ids.values()) == count, "each event exactly once"
+    wait_for(lambda: status(restarted.socket_path)["spool"]["events"] == 0, 10)
+    assert restarted.terminate() == 0
+
+
+def test_sigkill_under_load_keeps_every_acked_event(
+    start_broker, topics, kafka_bootstrap
+):
+    """After SIGKILL and a restart on the same spool, every acked event is in Kafka.
+
+    The events lost are all unacknowledged, and no more than the broker last
+    reported received but not yet settled.
+    """
+    broker = start_broker()
+    sender = AckingSender(broker.socket_path, proc=2)
+    for _ in range(20):
+        sender.send(500)
+        sender.collect(0.05)
+    before_kill = status(broker.socket_path)
+    sender.send(500)
+    broker.kill()
+    sender.collect(0.5)
+    sender.close()
+    totals = before_kill["totals"]
+    unsettled = totals["received"] - totals["published"] - totals["spooled"]
+    unsettled += sender.sent - totals["received"]
+
+    restarted = start_broker()
+    records = consume(kafka_bootstrap, topics.all(), len(sender.acked), timeout_s=60)
+    ids = ids_of(records)
+    in_kafka = {int(i.split("-")[1]) for i in ids}
+    lost = set(range(sender.sent)) - in_kafka
+
+    print(
+        f"\nsent {sender.sent}, acked {len(sender.acked)}, in Kafka {len(in_kafka)}, "
+        f"lost {len(lost)}, broker-reported unsettled bound {unsettled}"
+    )
+    assert sender.acked <= in_kafka
+    assert not lost & sender.acked
+    assert len(lost) <= unsettled
+    assert restarted.terminate() == 0
+
+
+def test_spool_full_applies_the_policy_and_counts(start_broker, topics, tmp_path):
+    """A small spool keeps audit events, evicts application ones, counts each drop."""
+    broker = start_broker(
+        "--spool-max-bytes",
+        str(400_000),
+        "--loss-report-interval-s",
+        "1",
+        bootstrap=f"127.0.0.1:{closed_port()}",
+    )
+    sender = AckingSender(broker.socket_path, proc=3)
+
+    sender.send(300, EventClass.AUDIT)
+    sender.send(1500, EventClass.APPLICATION)
+    sender.send(600, EventClass.AUDIT)
+    sender.collect(3)
+    state = status(broker.socket_path)
+    sender.close()
+
+    spool = state["spool"]
+    evicted = spool["drops"].get("application:spool_evicted", 0)
+    refused = sum(n for k, n in spool["drops"].items() if k.endswith("refused"))
+    audit_refused = spool["drops"].get("audit:spool_refused", 0)
+    print(f"\nspool {spool['events']} events, evicted {evicted}, refused {refused}")
+    assert broker.process.poll() is None, "the broker stays up"
+    assert spool["size_bytes"] <= 400_000
+    assert evicted > 0
+    assert state["spooled"]["audit"] == 900 - audit_refused
+    assert len(sender.acked) + len(sender.nacked) == sender.sent
+    # The broker's own zlog.loss events compete for the same room.
+    generated = state["generated"]
+    assert refused - generated <= len(sender.nacked) <= refused
+    assert all(reason == "spool full" for reason in sender.nacked.values())
+    assert spool["events"] + evicted + refused == sender.sent + generated
+    wait_for(
+        lambda: status(broker.socket_path)["losses_reported"].get("spool_evicted"),
+        timeout_s=10,
+    )
+    assert broker.terminate() == 0
+
+
+def test_sigterm_under_load_with_kafka_away_loses_nothing(
+    start_broker, topics, kafka_bootstrap
+):
+    """SIGTERM while 4 senders flood a broker that has no Kafka: all of it is kept."""
+    broker = start_broker(
+        "--drain-timeout-s", "5", bootstrap=f"127.0.0.1:{closed_port()}"
+    )
+    senders = [
+        subprocess.Popen(
+            [sys.executable, SENDER, str(broker.socket_path), str(p), "0", "--forever"]
+        )
+        for p in range(4)
+    ]
+    time.sleep(2.0)
+
+    assert broker.terminate(timeout_s=30) == 0
+    for sender in senders:
+        sender.kill()
+        sender.wait()
+    stopped = log_lines(broker.stderr())[-1]
+    assert stopped["event"] == "stopped"
+    assert stopped["received"] == stopped["spooled"] > 0
+
+    restarted = start_broker()
+    records = consume(kafka_bootstrap, topics.all(), stopped["received"], timeout_s=90)
+    ids = ids_of(records)
+    assert len(ids) == stopped["received"]
+    assert sum(ids.values()) == len(ids)
+    assert restarted.terminate() == 0
+
+
+@pytest.fixture
+def private_kafka(tmp_path):
+    """A single-node Kafka of this test's own on a free port; stopped at the end."""
+    port = closed_port()
+    command = [sys.executable, KAFKA_SCRIPT]
+    subprocess.run([*command, "start", "--port", str(port)], check=True, timeout=180)
+    try:
+        yield port
+    finally:
+        subprocess.run([*command, "stop", "--port", str(port)], timeout=120)
+
+
+def test_kafka_stopped_for_30_s_under_load_loses_nothing(
+    start_broker, topics, private_kafka
+):
+    """Kafka goes away for 30 s under steady load and comes back: all arrives."""
+    bootstrap = f"127.0.0.1:{private_kafka}"
+    command = [sys.executable, KAFKA_SCRIPT]
+    broker = start_broker("--send-timeout-s", "2", bootstrap=bootstrap)
+    sender = AckingSender(broker.socket_path, proc=4)
+    rate_per_s, step_s = 500, 0.1
+
+    def load(duration_s: float) -> None:
+        end = time.monotonic() + duration_s
+        while time.monotonic() < end:
+            sender.send(int(rate_per_s * step_s))
+            sender.collect(step_s)
+
+    load(5)
+    subprocess.run(
+        [*command, "stop", "--port", str(private_kafka)], check=True, timeout=120
+    )
+    load(30)
+    during = status(broker.socket_path)
+    subprocess.run(
+        [*command, "start", "--port", str(private_kafka)], check=True, timeout=180
+    )
+    load(5)
+    wait_for(lambda: status(broker.socket_path)["spool"]["events"] == 0, timeout_s=120)
+    sender.collect(2)
+    records = consume(bootstrap, topics.all(), sender.sent, timeout_s=120)
+    ids = ids_of(records)
+    duplicates = sum(ids.values()) - len(ids)
+    sender.close()
+
+    print(
+        f"\nsent {sender.sent}, spooled during outage {during['spool']['events']}, "
+        f"in Kafka {len(ids)} distinct, duplicates {duplicates}"
+    )
+    assert during["spool"]["events"] > 0
+    assert len(ids) == sender.sent
+    assert duplicates <= sender.sent * 0.001
+    assert len(sender.acked) == sender.sent
+    assert broker.terminate() == 0
