@@ -41,5 +41,17 @@ lint: venv
 format: venv
 	$(VENV)/bin/ruff format zlog tests benchmarks examples scripts/kafka
 
+# Five paths into the same Kafka, side by side (benchmarks/run.py); about
+# 15 minutes. BENCH_ARGS=--quick runs in about two.
+BENCH_ARGS ?= --workers 1,8,64
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: $(BENCH_STAMP) kafka-up
+	$(PY) benchmarks/run.py --bootstrap-servers 127.0.0.1:$(KAFKA_PORT) $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
