@@ -16,7 +16,10 @@ __all__ = ["main"]
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "broker": ("zlog.broker.cli", "run the per-host broker daemon"),
+    "config": ("zlog.tools.config", "check a broker configuration file"),
     "demo": ("zlog.demo.cli", "replay real system logs through a broker into Kafka"),
+    "status": ("zlog.tools.status", "ask the running broker how it is doing"),
+    "tail": ("zlog.tools.tail", "print events from the zlog topics as they arrive"),
 }
 
 

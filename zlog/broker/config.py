@@ -1,9 +1,9 @@
 """The broker's settings, as one frozen value built before anything starts.
 
-Only data lives here: the command line (``zlog.broker.cli``) builds a
-``BrokerConfig`` from its flags, and a later configuration file will build the
-same value from TOML and the environment. Nothing in this module imports
-ZeroMQ or Kafka at module level.
+Only data lives here: ``zlog.broker.settings`` builds a ``BrokerConfig``
+from a TOML file, the environment and the command line, and checks every
+value on the way with a message naming its key. Nothing in this module
+imports ZeroMQ or Kafka at module level.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from pathlib import Path
 from zlog.errors import ConfigError
 
 __all__ = [
+    "ACKS",
+    "COMPRESSIONS",
+    "DEFAULT_ACKS",
     "DEFAULT_APPLICATION_TOPIC",
     "DEFAULT_AUDIT_TOPIC",
     "DEFAULT_BOOTSTRAP_SERVERS",
@@ -24,14 +27,19 @@ __all__ = [
     "DEFAULT_LOSS_REPORT_INTERVAL_S",
     "DEFAULT_MAX_BATCH_BYTES",
     "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_METRICS_ADDRESS",
     "DEFAULT_RECV_BATCH",
     "DEFAULT_RECV_MAX_BYTES",
+    "DEFAULT_SECURITY_PROTOCOL",
     "DEFAULT_SECURITY_TOPIC",
     "DEFAULT_SEND_TIMEOUT_S",
     "DEFAULT_SOCKET_MODE",
     "DEFAULT_SPOOL_MAX_BYTES",
     "DEFAULT_TOPIC_PARTITIONS",
     "DEFAULT_TOPIC_REPLICATION",
+    "DROP_POLICIES",
+    "SASL_MECHANISMS",
+    "SECURITY_PROTOCOLS",
     "BrokerConfig",
     "bootstrap_servers_from",
     "default_compression",
@@ -88,6 +96,25 @@ DEFAULT_SPOOL_MAX_BYTES = 1 << 30
 # Losses are published at most this often, and only when there are some.
 DEFAULT_LOSS_REPORT_INTERVAL_S = 10.0
 
+# Prometheus metrics on loopback only: counts and topic names are not for
+# the network at large. A port in the range exporters use; "" turns it off.
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9810"
+
+# Kafka acknowledges a batch once every in-sync replica has it: the only
+# setting under which the broker's own acks to emitters mean "safe".
+DEFAULT_ACKS = "all"
+
+DEFAULT_SECURITY_PROTOCOL = "PLAINTEXT"
+
+# What aiokafka accepts, as it spells them.
+COMPRESSIONS = ("zstd", "lz4", "gzip", "snappy", "none")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# acks=0 is refused: Kafka would answer nothing, so an emitter's ack would
+# only mean "handed to the producer".
+ACKS = ("all", "1")
+DROP_POLICIES = ("application-only", "any-class")
+
 SYSTEM_STATE_DIR = Path("/var/lib/zlog")
 DEFAULT_SPOOL_NAME = "spool.db"
 
@@ -131,6 +158,15 @@ class BrokerConfig:
     # "application-only" or "any-class" (zlog.broker.spool.DropPolicy).
     spool_drop_policy: str = "application-only"
     loss_report_interval_s: float = DEFAULT_LOSS_REPORT_INTERVAL_S
+    acks: str = DEFAULT_ACKS
+    security_protocol: str = DEFAULT_SECURITY_PROTOCOL
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
 
     def __post_init__(self) -> None:
         for name in ("topic_partitions", "topic_replication", "recv_batch"):
@@ -144,7 +180,12 @@ class BrokerConfig:
             raise ConfigError("send_timeout_s and loss_report_interval_s must be > 0")
         if self.spool_max_bytes < 1:
             raise ConfigError("spool_max_bytes must be at least 1")
-        if self.spool_drop_policy not in ("application-only", "any-class"):
+        if self.acks not in ACKS or self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(
+                f"acks {self.acks!r} or security protocol "
+                f"{self.security_protocol!r} is not supported"
+            )
+        if self.spool_drop_policy not in DROP_POLICIES:
             raise ConfigError(
                 f"spool drop policy {self.spool_drop_policy!r} is not "
                 "application-only or any-class"
@@ -167,6 +208,28 @@ class BrokerConfig:
         """The codec as aiokafka names it: None for "none"."""
         return None if self.compression == "none" else self.compression
 
+    def kafka_client_options(self) -> dict[str, object]:
+        """Security settings as keyword arguments of aiokafka's clients."""
+        options: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile,
+                certfile=self.ssl_certfile,
+                keyfile=self.ssl_keyfile,
+            )
+        if self.security_protocol.startswith("SASL_"):
+            options["sasl_mechanism"] = self.sasl_mechanism
+            # aiokafka reads these two for SCRAM as well as PLAIN.
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password
+
+        return options
+
 
 def bootstrap_servers_from(value: str | None) -> str:
     """``value``, else ``$KAFKA_BOOTSTRAP_SERVERS``, else the default."""
@@ -178,6 +241,7 @@ def bootstrap_servers_from(value: str | None) -> str:
 def default_spool_path(socket_path: Path) -> Path:
     """Where the spool lives unless configured: the state directory.
 
+    ``$STATE_DIRECTORY`` when systemd's ``StateDirectory=`` set it, else
     ``/var/lib/zlog`` as root, else ``$XDG_STATE_HOME/zlog`` or
     ``~/.local/state/zlog``. A broker on the default socket uses
     ``spool.db``; one on another socket gets a file named after its socket
@@ -186,7 +250,11 @@ def default_spool_path(socket_path: Path) -> Path:
     """
     from zlog.endpoint import default_socket_path
 
-    if os.geteuid() == 0:
+    # systemd may list several directories, separated by colons.
+    from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if from_systemd:
+        state_dir = Path(from_systemd)
+    elif os.geteuid() == 0:
         state_dir = SYSTEM_STATE_DIR
     else:
         xdg_state = os.environ.get("XDG_STATE_HOME")

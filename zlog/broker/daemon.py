@@ -66,6 +66,7 @@ from zlog.broker.deadletter import DeadLetters
 from zlog.broker.listener import Listener
 from zlog.broker.logs import RateLimiter, get_logger
 from zlog.broker.loss import loss_events
+from zlog.broker.operations import Operations
 from zlog.broker.publisher import (
     MAX_RECONNECT_DELAY_S,
     OpenBatch,
@@ -74,7 +75,7 @@ from zlog.broker.publisher import (
 )
 from zlog.broker.routing import Routes
 from zlog.broker.spool import DropPolicy, Spool, SpoolError
-from zlog.broker.stats import CLASS_NAMES, Stats
+from zlog.broker.stats import CLASS_NAMES, Stats, spool_status
 
 __all__ = ["Broker", "run_broker"]
 
@@ -120,6 +121,7 @@ class Broker:
         )
         self.routes = Routes(*config.topics)
         self.dead_letters = DeadLetters(config.dead_letter_path)
+        self.ops = Operations(self)
         self.socket: zmq.Socket | None = None
         self.spool: Spool | None = None
         self.spool_status: dict = {}
@@ -148,6 +150,7 @@ class Broker:
             self._watch_signals()
             self.state = "serving"
             self.log.info("serving", spooling=self.spooling)
+            await self.ops.start()
             self._tasks = [
                 asyncio.create_task(self._replay_loop()),
                 asyncio.create_task(self._loss_loop()),
@@ -158,6 +161,7 @@ class Broker:
             for task in self._tasks:
                 task.cancel()
             self._unwatch()
+            await self.ops.close()
             self.listener.close()
             if self.spool is not None:
                 await self._on_disk(self.spool.close)
@@ -173,7 +177,7 @@ class Broker:
         )
         if self.spool.recovery is not None:
             self.log.warning("spool_recovered", message=self.spool.recovery.message)
-        self.spool_status = _spool_status(self.spool.stats())
+        self.spool_status = spool_status(self.spool.stats())
         if self.spool.count:
             self.spooling = True
             self.log.info(
@@ -432,7 +436,7 @@ class Broker:
             return
         finally:
             self._appending -= 1
-        self.spool_status = _spool_status(spool_stats)
+        self.spool_status = spool_status(spool_stats)
         refused = {id(event) for event in result.refused}
         stored = [(i, e) for i, e in pairs if id(e) not in refused]
         for identity, event in stored:
@@ -552,7 +556,7 @@ class Broker:
             await self._on_disk(removed, records[-1].id)
         elif done_ids:
             await self._on_disk(self.spool.remove, done_ids)
-        self.spool_status = _spool_status(await self._on_disk(self.spool.stats))
+        self.spool_status = spool_status(await self._on_disk(self.spool.stats))
 
         return all_done
 
@@ -619,6 +623,7 @@ class Broker:
     async def _drain(self) -> int:
         """Publish or spool everything received, then say whether all of it is safe."""
         self.state = "draining"
+        self.ops.stopping()
         deadline = time.monotonic() + self.config.drain_timeout_s
         self.listener.stop_accepting()
         self.log.info("draining", **self.stats.summary())
@@ -691,17 +696,6 @@ def _record_ids(records: list, batches: list[OpenBatch]) -> dict[int, list[int]]
     by_event = {id(record.event): record.id for record in records}
 
     return {id(b): [by_event[id(e)] for e in b.events] for b in batches}
-
-
-def _spool_status(stats: object) -> dict:
-    return {
-        "events": stats.count,
-        "size_bytes": stats.size_bytes,
-        "max_bytes": stats.max_bytes,
-        "drops": {
-            f"{c.name.lower()}:{r.value}": n for (c, r), n in stats.drops.items()
-        },
-    }
 
 
 async def run_broker(config: BrokerConfig) -> int:

@@ -70,6 +70,8 @@ class OpenBatch:
     replay: bool = False
     # Spooled at drain while still in flight; a later success is a duplicate.
     abandoned: bool = False
+    # time.monotonic() when handed to the producer, for the latency metric.
+    sent_at_s: float = 0.0
 
 
 Handler = Callable[[OpenBatch, str], None]
@@ -116,6 +118,8 @@ class Publisher:
         self._partitions_built = time.monotonic()
         self._unknown_topics: dict[str, float] = {}
         self._in_flight: dict[asyncio.Future, OpenBatch] = {}
+        # Called with (events, seconds to Kafka's ack) per acknowledged batch.
+        self.on_batch_acked: Callable[[int, float], None] | None = None
 
     async def start(self) -> None:
         """Create the topics if allowed, connect, and learn their partitions."""
@@ -123,9 +127,10 @@ class Publisher:
         if config.create_topics:
             await self._ensure_topics()
         producer = AIOKafkaProducer(
-            bootstrap_servers=config.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
+            **config.kafka_client_options(),
+            acks="all" if config.acks == "all" else int(config.acks),
+            # Idempotence needs acks=all; with acks=1 retries may duplicate.
+            enable_idempotence=config.acks == "all",
             compression_type=config.compression_type,
             linger_ms=config.linger_ms,
             max_batch_size=config.max_batch_bytes,
@@ -153,7 +158,7 @@ class Publisher:
 
     async def _ensure_topics(self) -> None:
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.config.bootstrap_servers, client_id="zlog-broker"
+            **self.config.kafka_client_options(), client_id="zlog-broker"
         )
         await admin.start()
         try:
@@ -236,6 +241,7 @@ class Publisher:
         Waits while the partition's previous batch is queued, at most
         ``send_timeout_s``; past that the batch fails as retriable.
         """
+        batch.sent_at_s = time.monotonic()
         try:
             future = await asyncio.wait_for(
                 self.producer.send_batch(
@@ -269,6 +275,9 @@ class Publisher:
         counts = stats.replayed if batch.replay else stats.published
         for index, count in enumerate(batch.counts):
             counts[index] += count
+        if self.on_batch_acked is not None:
+            events = sum(batch.counts)
+            self.on_batch_acked(events, time.monotonic() - batch.sent_at_s)
         reply = self.reply
         for identity, event in batch.acks:
             reply(identity, protocol.encode_ack(event.seq))

@@ -15,7 +15,7 @@ from typing import Any
 from zlog.broker.loss import SEQUENCE_GAP, LossLedger
 from zlog.protocol import DropReport, EventClass
 
-__all__ = ["CLASS_NAMES", "Stats"]
+__all__ = ["CLASS_NAMES", "Stats", "spool_status"]
 
 # Index i names EventClass(i); TOPIC counts events that named their own topic.
 CLASS_NAMES = tuple(member.name.lower() for member in EventClass)
@@ -23,6 +23,18 @@ CLASS_NAMES = tuple(member.name.lower() for member in EventClass)
 # Per-origin sequence tracking is kept for this many origins at most; a host
 # rarely runs more processes than this between two broker restarts.
 MAX_TRACKED_ORIGINS = 65_536
+
+
+def spool_status(stats: object) -> dict:
+    """The spool's part of the status document, from its ``stats()``."""
+    return {
+        "events": stats.count,
+        "size_bytes": stats.size_bytes,
+        "max_bytes": stats.max_bytes,
+        "drops": {
+            f"{c.name.lower()}:{r.value}": n for (c, r), n in stats.drops.items()
+        },
+    }
 
 
 def _by_class(counts: list[int]) -> dict[str, int]:
@@ -34,6 +46,9 @@ class Stats:
 
     def __init__(self) -> None:
         self.started_monotonic = time.monotonic()
+        self.started_at = time.time()
+        # Events per second over the last few seconds (zlog.broker.operations).
+        self.rates: dict[str, float] = {}
         self.received = [0] * len(EventClass)
         self.published = [0] * len(EventClass)
         # Events written to the spool, and events published from it.
@@ -117,7 +132,9 @@ class Stats:
         """The status document a STATUS request is answered with."""
         return {
             "pid": os.getpid(),
+            "started_at": self.started_at,
             "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "rates": self.rates,
             "received": _by_class(self.received),
             "published": _by_class(self.published),
             "spooled": _by_class(self.spooled),
