@@ -234,3 +234,13 @@ def test_broker_with_a_bad_file_exits_2_before_binding(tmp_path, socket_path):
     assert result.returncode == 2
     assert "limits.recv_batch = -1" in result.stderr
     assert not socket_path.exists()
+
+
+def test_configuration_reference_lists_every_key_variable_and_flag():
+    text = (ROOT / "docs" / "configuration.md").read_text()
+
+    for setting in settings.SETTINGS:
+        row = f"| `{setting.key}` | `{setting.env_var}` | "
+        assert row in text, setting.key
+        if setting.flag:
+            assert f"`{setting.flag}`" in text, setting.flag
