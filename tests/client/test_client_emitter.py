@@ -47,8 +47,14 @@ def audit_event() -> tuple:
     )
 
 
-def emit_in_child(count: int) -> int:
-    """Pool worker: emit ``count`` events from the child's own emitter."""
+def emit_in_child(count: int, socket_path: str | None = None) -> int:
+    """Pool worker: emit ``count`` events from the child's own emitter.
+
+    A forkserver outlives the test that started it, so its children inherit
+    that test's ``ZLOG_SOCKET``; pool tests name the socket explicitly.
+    """
+    if socket_path is not None:
+        zlog.configure(socket_path=socket_path)
     for i in range(count):
         zlog.get_emitter().send(*app_event(f"child {i}"))
 
@@ -79,8 +85,11 @@ def test_sequence_numbers_increase_per_emitter(fake_broker, emitter):
 
 
 def test_no_broker_drops_and_counts_without_blocking(socket_path: Path):
-    """With no broker an application event is dropped at once and counted."""
-    emitter = Emitter(socket_path, connect_grace_ms=50)
+    """With no socket file an application event is dropped at once and counted.
+
+    The first-connect grace applies only while the broker's socket file exists.
+    """
+    emitter = Emitter(socket_path)
     try:
         started = time.monotonic()
         results = [emitter.send(*app_event()) for _ in range(100)]
@@ -247,7 +256,8 @@ def test_process_pool_workers_deliver_their_events(fake_broker, emitter, method)
     emitter.send(*app_event("parent"))
     context = multiprocessing.get_context(method)
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
-        pids = set(pool.map(emit_in_child, [5] * 4))
+        sockets = [str(fake_broker.socket_path)] * 4
+        pids = set(pool.map(emit_in_child, [5] * 4, sockets))
     events = fake_broker.wait_for(21, timeout_s=20)
 
     assert len(events) == 21
@@ -260,7 +270,8 @@ def test_multiprocessing_pool_delivers(fake_broker, emitter, method):
     emitter.send(*app_event("parent"))
     context = multiprocessing.get_context(method)
     with context.Pool(2) as pool:
-        pids = set(pool.map(emit_in_child, [3] * 4))
+        sockets = [str(fake_broker.socket_path)] * 4
+        pids = set(pool.starmap(emit_in_child, zip([3] * 4, sockets, strict=True)))
         pool.close()
         pool.join()
     events = fake_broker.wait_for(13, timeout_s=20)
