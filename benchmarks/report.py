@@ -79,7 +79,7 @@ def add_ratios(rows: list[dict]) -> None:
     zlog = {
         (r["workload"], r["workers"], r["phase"]): r
         for r in rows
-        if r["path"] == "d" and r.get("events_per_s")
+        if r["path"] == "d" and r.get("events_per_s") and not r.get("variant")
     }
     for row in rows:
         base = zlog.get((row["workload"], row["workers"], row["phase"]))

@@ -143,12 +143,17 @@ def run_zlog(spec: dict, items: list, samples: array.array) -> dict:
 
     # The emitter's queue holds every event of this run, so a broker slower
     # than the workers shows as time, not as drops (drops are still counted).
-    queue_events = max(len(items), 10_000)
+    queue_events = max(len(items) + 1000, 10_000)
     zlog.configure(socket_path=spec["socket_path"], queue_events=queue_events)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            zlog.ZlogProcessor(service_name="bench", tenant_id="default", drop=True),
+            zlog.ZlogProcessor(
+                service_name="bench",
+                tenant_id="default",
+                ack=spec.get("zlog_ack", True),
+                drop=True,
+            ),
         ],
         cache_logger_on_first_use=True,
     )
