@@ -110,8 +110,8 @@ def test_watchdog_pings_at_half_the_watchdog_interval(
     pings = notify_socket.times_of("WATCHDOG")
     gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert len(pings) >= 5, notify_socket.received
-    assert 0.2 <= statistics.median(gaps) <= 0.4
-    assert max(gaps) < 0.6, gaps
+    # The median, not every gap: a loaded machine may delay one wake-up.
+    assert 0.25 <= statistics.median(gaps) <= 0.4, gaps
 
 
 def test_no_watchdog_pings_when_meant_for_another_process(

@@ -43,6 +43,7 @@ def test_healthy_broker_prints_a_summary_and_exits_0(start_broker):
     assert lines["spool"].startswith("0 events")
     assert lines["loss"].startswith("0 dropped by emitters, 0 missing")
     assert lines["health"] == "healthy"
+    assert lines["emitters"].endswith("1 origins (host, pid) seen")
     assert "events/s in" in lines["rates"]
 
 
@@ -88,3 +89,35 @@ def test_a_socket_nobody_answers_on_exits_2(socket_path):
     result = zlog_status("--socket", str(socket_path), "--timeout-s", "0.5")
 
     assert result.returncode == EXIT_NO_BROKER
+
+
+def wait_for_connections(socket_path: Path, accept, timeout_s: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = zlog_status("--socket", str(socket_path), "--json")
+        connections = json.loads(result.stdout)["connections"]
+        if accept(connections):
+            return connections
+        time.sleep(0.3)
+    raise AssertionError(f"connections stayed at {connections}")
+
+
+@pytest.mark.kafka
+def test_open_emitter_connections_are_counted(start_broker):
+    """Connections come and go with the emitters; the status probe is one too."""
+    import zmq
+
+    broker = start_broker("--metrics-address", "off")
+    context = zmq.Context()
+    dealers = [context.socket(zmq.DEALER) for _ in range(3)]
+    try:
+        for dealer in dealers:
+            dealer.connect(f"ipc://{broker.socket_path}")
+
+        assert wait_for_connections(broker.socket_path, lambda n: n >= 3) <= 4
+    finally:
+        for dealer in dealers:
+            dealer.close(linger=0)
+        context.term()
+
+    assert wait_for_connections(broker.socket_path, lambda n: n <= 1) >= 0

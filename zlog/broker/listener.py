@@ -23,12 +23,13 @@ import stat
 from pathlib import Path
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from zlog import protocol
 from zlog.endpoint import check_socket_path, ipc_endpoint
 from zlog.errors import BrokerRunningError, SocketPathError
 
-__all__ = ["Listener", "probe_status"]
+__all__ = ["Connections", "Listener", "probe_status"]
 
 # Mode of a socket directory the broker creates: group members may reach the
 # socket inside, others may not list it.
@@ -84,6 +85,7 @@ class Listener:
         self.max_frame_bytes = max_frame_bytes
         self.context: zmq.Context | None = None
         self.socket: zmq.Socket | None = None
+        self.connections: Connections | None = None
         self._lock_fd: int | None = None
 
     def bind(self) -> zmq.Socket:
@@ -112,6 +114,9 @@ class Listener:
 
     def close(self) -> None:
         """Close the socket (queued replies get a short grace) and the lock."""
+        if self.connections is not None:
+            self.connections.close()
+            self.connections = None
         if self.socket is not None:
             self.stop_accepting()
             self.socket.close(linger=CLOSE_LINGER_MS)
@@ -184,12 +189,16 @@ class Listener:
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.sndhwm = REPLY_HWM
         router.linger = CLOSE_LINGER_MS
+        # Watched from before the bind, so every connection is counted.
+        self.connections = Connections(router)
         # The socket file is created by bind; the umask keeps it closed to
         # others from its first instant, before the chmod below.
         previous_umask = os.umask(0o777 & ~self.mode)
         try:
             router.bind(ipc_endpoint(self.path))
         except zmq.ZMQError as exc:
+            self.connections.close()
+            self.connections = None
             router.close(linger=0)
             raise SocketPathError(
                 f"cannot bind {str(self.path)!r}: {exc.strerror}"
@@ -209,3 +218,39 @@ class Listener:
                 f"cannot give {str(self.path)!r} group {self.group!r} and mode "
                 f"{self.mode:o}: {exc}"
             ) from exc
+
+
+class Connections:
+    """Emitter connections open on the broker's ROUTER, from its monitor events.
+
+    ZeroMQ reports each accepted and each closed connection on a monitor
+    socket; ``update`` reads what arrived since the last call. An emitter
+    holds one connection per sending thread.
+    """
+
+    def __init__(self, router: zmq.Socket) -> None:
+        self.router = router
+        self.monitor = router.get_monitor_socket(
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+        )
+        # Read about once a second, so the queue must hold a burst of
+        # reconnecting emitters.
+        # TODO: libzmq's sending end of the monitor queue keeps its default
+        # bound of 1,000 events; more connects and disconnects than that
+        # between two reads are lost and skew the count.
+        self.monitor.rcvhwm = 0
+        self.open = 0
+
+    def update(self) -> int:
+        """The number of connections open now."""
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return self.open
+            self.open += 1 if event["event"] == zmq.EVENT_ACCEPTED else -1
+
+    def close(self) -> None:
+        """Stop monitoring; must come before the ROUTER's context ends."""
+        self.router.disable_monitor()
+        self.monitor.close(linger=0)

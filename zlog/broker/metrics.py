@@ -187,6 +187,7 @@ class _BrokerCollector:
             ("spool_events", spool.get("events", 0), "Events in the spool."),
             ("spool_bytes", spool.get("size_bytes", 0), "Bytes the spool holds."),
             ("spool_max_bytes", spool.get("max_bytes", 0), "Bound of the spool."),
+            ("connections", stats.connections, "Emitter connections open now."),
             ("origins", len(stats.last_seq), "Emitter origins seen since start."),
             (
                 "sequence_missing",

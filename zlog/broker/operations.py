@@ -31,6 +31,9 @@ __all__ = ["Operations"]
 # ``zlog status``, long enough not to flicker.
 RATE_INTERVAL_S = 5.0
 
+# How often the count of open emitter connections is brought up to date.
+CONNECTIONS_INTERVAL_S = 1.0
+
 
 class Operations:
     """systemd notifications, the heartbeat and the metrics endpoint of a broker."""
@@ -89,11 +92,12 @@ class Operations:
 
     async def _beat(self) -> None:
         watchdog_s = self.notifier.watchdog_interval_s or math.inf
-        tick_s = min(watchdog_s, RATE_INTERVAL_S)
+        tick_s = min(watchdog_s, CONNECTIONS_INTERVAL_S)
         next_rates = time.monotonic() + RATE_INTERVAL_S
         while True:
             if watchdog_s != math.inf:
                 self.notifier.watchdog()
+            self.broker.stats.connections = self.broker.listener.connections.update()
             if time.monotonic() >= next_rates:
                 next_rates += RATE_INTERVAL_S
                 self._sample_rates()

@@ -49,6 +49,8 @@ class Stats:
         self.started_at = time.time()
         # Events per second over the last few seconds (zlog.broker.operations).
         self.rates: dict[str, float] = {}
+        # Emitter connections open on the socket (zlog.broker.operations).
+        self.connections = 0
         self.received = [0] * len(EventClass)
         self.published = [0] * len(EventClass)
         # Events written to the spool, and events published from it.
@@ -148,6 +150,7 @@ class Stats:
             "bad_frames": dict(self.bad_frames),
             "emitter_drops": {o: dict(c) for o, c in self.emitter_drops.items()},
             "emitter_drops_total": self.drops_total(),
+            "connections": self.connections,
             "sequence": {
                 "origins": len(self.last_seq),
                 "missing": self.seq_missing,

@@ -81,6 +81,8 @@ def summary(status: dict[str, Any]) -> str:
         "dead-lettered",
         f"spool     {spool['events']:,} events, {spool['size_bytes']:,} of "
         f"{spool['max_bytes']:,} bytes" + (", spooling" if spool["spooling"] else ""),
+        f"emitters  {status.get('connections', 0):,} connections open, "
+        f"{status['sequence']['origins']:,} origins (host, pid) seen",
         f"loss      {drops:,} dropped by emitters, "
         f"{status['sequence']['missing']:,} missing from sequences, "
         f"{lost:,} reported as zlog.loss",
