@@ -133,6 +133,7 @@ class Broker:
         self._tasks: list[asyncio.Task] = []
         self._own_seq = 0
         self._stopping = False
+        self._stop_requested = asyncio.Event()
         self._readable = asyncio.Event()
         self._spool_ready = asyncio.Event()
         # One thread for the spool and the dead-letter file, so writes keep
@@ -212,6 +213,7 @@ class Broker:
     def stop(self) -> None:
         """Ask the receive loop to stop reading and drain."""
         self._stopping = True
+        self._stop_requested.set()
         self._readable.set()
         self._spool_ready.set()
 
@@ -579,9 +581,14 @@ class Broker:
         return ids
 
     async def _loss_loop(self) -> None:
+        # Sleeps on the stop event, so a stopping broker never waits out the
+        # interval; the drain publishes the last report itself.
+        interval_s = self.config.loss_report_interval_s
         while not self._stopping:
-            await asyncio.sleep(self.config.loss_report_interval_s)
-            await self._report_losses()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), interval_s)
+            if not self._stopping:
+                await self._report_losses()
 
     async def _report_losses(self) -> None:
         """Publish what is known lost since the last report, if anything."""
@@ -627,11 +634,16 @@ class Broker:
         deadline = time.monotonic() + self.config.drain_timeout_s
         self.listener.stop_accepting()
         self.log.info("draining", **self.stats.summary())
+        # Half the drain time at most goes to taking in what is still queued,
+        # so flushing to Kafka or the spool keeps the other half.
+        sweep_until = time.monotonic() + self.config.drain_timeout_s / 2
         for _ in range(FINAL_SWEEP_CYCLES):
             messages = self._take()
             if not messages:
                 break
             await self._cycle(messages)
+            if time.monotonic() > sweep_until:
+                break
         await self._report_losses()
         await self._stop_tasks(deadline)
         flushed = True
