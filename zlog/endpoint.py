@@ -2,9 +2,9 @@
 
 The socket path comes from, in order: an explicit argument, ``$ZLOG_SOCKET``,
 then a default that works both for a system service and for an ordinary
-user: ``/run/zlog/broker.sock`` when running as root,
-``$XDG_RUNTIME_DIR/zlog/broker.sock`` when that directory exists, else
-``/tmp/zlog-<uid>/broker.sock``.
+user: ``/run/zlog/broker.sock`` when running as root or when a system broker
+already serves it, ``$XDG_RUNTIME_DIR/zlog/broker.sock`` when that directory
+exists, else ``/tmp/zlog-<uid>/broker.sock``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ SYSTEM_SOCKET_PATH = Path("/run/zlog/broker.sock")
 
 def default_socket_path() -> Path:
     """The socket path used when neither an argument nor ZLOG_SOCKET names one."""
-    if os.geteuid() == 0:
+    # Application users of a host with the system service (docs/systemd.md)
+    # find its socket without setting ZLOG_SOCKET (os.path.exists, not
+    # Path.exists: a user outside the zlog group gets EACCES, not an answer).
+    if os.geteuid() == 0 or os.path.exists(SYSTEM_SOCKET_PATH):
         return SYSTEM_SOCKET_PATH
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
     if runtime_dir and Path(runtime_dir).is_dir():
