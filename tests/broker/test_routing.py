@@ -193,24 +193,30 @@ def test_status_request_is_answered_in_the_cycle():
     assert protocol.decode_reply(frames).kind is protocol.Kind.STATUS_REPLY
 
 
-def test_sequence_gaps_are_counted_per_origin():
-    """Skipped sequence numbers of one origin are counted as missing."""
+def test_sequence_gaps_are_open_until_confirmed():
+    """Skipped numbers are pending at first and missing once confirmed."""
     broker = make_broker()
     messages = [message(b"id", seq=seq) for seq in (1, 2, 5, 6)]
 
     route(broker, messages)
+    pending = broker.stats.status()["sequence"]
+    broker.stats.confirm_gaps(0.0)
+    confirmed = broker.stats.status()["sequence"]
 
-    assert (broker.stats.seq_missing, broker.stats.seq_out_of_order) == (2, 0)
+    assert (pending["missing"], pending["pending"]) == (0, 2)
+    assert (confirmed["missing"], confirmed["pending"]) == (2, 0)
 
 
 def test_late_sequence_number_fills_its_gap():
-    """A number arriving after a higher one is out of order, no longer missing."""
+    """A number arriving after a higher one is out of order, never missing."""
     broker = make_broker()
     messages = [message(b"id", seq=seq) for seq in (1, 3, 2, 4)]
 
     route(broker, messages)
+    broker.stats.confirm_gaps(0.0)
 
-    assert (broker.stats.seq_missing, broker.stats.seq_out_of_order) == (0, 1)
+    sequence = broker.stats.status()["sequence"]
+    assert (sequence["missing"], sequence["out_of_order"]) == (0, 1)
 
 
 def test_drop_reports_add_up_per_origin_and_take_a_sequence_number():
@@ -225,8 +231,10 @@ def test_drop_reports_add_up_per_origin_and_take_a_sequence_number():
 
     route(broker, reports)
 
+    broker.stats.confirm_gaps(0.0)
+
     assert broker.stats.drops_total() == {"queue_full": 8, "too_big": 1}
-    assert broker.stats.seq_missing == 0
+    assert broker.stats.status()["sequence"]["missing"] == 0
 
 
 def test_gaps_and_emitter_drops_reach_the_loss_ledger_by_origin():
@@ -239,6 +247,7 @@ def test_gaps_and_emitter_drops_reach_the_loss_ledger_by_origin():
     ]
 
     route(broker, messages)
+    broker.stats.confirm_gaps(0.0)
     taken = broker.stats.losses.take()
 
     assert taken == {

@@ -39,7 +39,9 @@ merely received.
 
 Loss. Sequence gaps, emitter drop reports and spool evictions and refusals
 are counted per origin and published as ``zlog.loss`` application events
-every ``loss_report_interval_s`` when there are any, and at drain.
+every ``loss_report_interval_s`` when there are any, and at drain. A gap
+counts only once it has stayed open a whole interval, because one origin's
+threads send on separate connections and their numbers arrive out of order.
 
 Shutdown. On SIGTERM or SIGINT the loop stops reading, the socket file is
 removed so new emitters cannot connect, messages already queued in the socket
@@ -588,10 +590,15 @@ class Broker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_requested.wait(), interval_s)
             if not self._stopping:
-                await self._report_losses()
+                await self._report_losses(gap_age_s=interval_s)
 
-    async def _report_losses(self) -> None:
-        """Publish what is known lost since the last report, if anything."""
+    async def _report_losses(self, gap_age_s: float) -> None:
+        """Publish what is known lost since the last report, if anything.
+
+        A sequence gap counts as lost once it has stayed open ``gap_age_s``:
+        until then its numbers may still arrive on another connection.
+        """
+        self.stats.confirm_gaps(gap_age_s)
         taken = self.stats.losses.take()
         if not taken:
             return
@@ -644,7 +651,8 @@ class Broker:
             await self._cycle(messages)
             if time.monotonic() > sweep_until:
                 break
-        await self._report_losses()
+        # What is still missing now will not arrive at this broker.
+        await self._report_losses(gap_age_s=0.0)
         await self._stop_tasks(deadline)
         flushed = True
         if self.publisher.connected:

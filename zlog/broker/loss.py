@@ -1,15 +1,15 @@
 """Loss accounting: what the broker knows was lost, per origin, and its report.
 
 Three sources feed the ledger: gaps in an origin's sequence numbers (counted
-by ``Stats.note_sequence``), drops an emitter reports itself, and events the
+by ``Stats.confirm_gaps``), drops an emitter reports itself, and events the
 spool evicted or refused. Counts pile up per origin until the broker takes
 them and publishes one ``zlog.loss`` application event per origin, an
 envelope like any other, so consumers of the application topic see loss
 where they see everything else.
 
-A late sequence number fills a gap counted before, so a count may go down;
-only positive counts are reported, and what was reported is never taken
-back.
+A sequence gap reaches the ledger only once it has stayed open long enough
+that no late number will fill it (``zlog.broker.sequence``), so counts only
+grow, and what was reported is never taken back.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ __all__ = ["LOSS_MESSAGE", "SEQUENCE_GAP", "LossLedger", "loss_events"]
 
 LOSS_MESSAGE = "zlog.loss"
 
-# The ledger's reason for numbers missing from an origin's sequence.
+# The ledger's reason for numbers missing from an origin's sequence for longer
+# than one loss-report interval.
 SEQUENCE_GAP = "sequence_gap"
 
 # A report names at most this many origins; the rest are summed under one

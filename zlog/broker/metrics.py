@@ -188,11 +188,16 @@ class _BrokerCollector:
             ("spool_bytes", spool.get("size_bytes", 0), "Bytes the spool holds."),
             ("spool_max_bytes", spool.get("max_bytes", 0), "Bound of the spool."),
             ("connections", stats.connections, "Emitter connections open now."),
-            ("origins", len(stats.last_seq), "Emitter origins seen since start."),
+            ("origins", len(stats.sequences), "Emitter origins seen since start."),
             (
                 "sequence_missing",
-                stats.seq_missing,
+                stats.sequences.confirmed_total,
                 "Events missing from origins' sequence numbers (detected loss).",
+            ),
+            (
+                "sequence_pending",
+                stats.sequences.open,
+                "Sequence numbers not yet arrived, not yet counted lost.",
             ),
         ):
             yield GaugeMetricFamily(PREFIX + name, help_text, value=float(value))

@@ -13,16 +13,13 @@ from collections import Counter
 from typing import Any
 
 from zlog.broker.loss import SEQUENCE_GAP, LossLedger
+from zlog.broker.sequence import Sequences
 from zlog.protocol import DropReport, EventClass
 
 __all__ = ["CLASS_NAMES", "Stats", "spool_status"]
 
 # Index i names EventClass(i); TOPIC counts events that named their own topic.
 CLASS_NAMES = tuple(member.name.lower() for member in EventClass)
-
-# Per-origin sequence tracking is kept for this many origins at most; a host
-# rarely runs more processes than this between two broker restarts.
-MAX_TRACKED_ORIGINS = 65_536
 
 
 def spool_status(stats: object) -> dict:
@@ -70,10 +67,7 @@ class Stats:
         # origin "host:pid" -> reason -> count. Reports carry increments
         # since the emitter's previous report, so they are summed.
         self.emitter_drops: dict[str, Counter[str]] = {}
-        # (host, pid) -> highest sequence number seen.
-        self.last_seq: dict[tuple[str, int], int] = {}
-        self.seq_missing = 0
-        self.seq_out_of_order = 0
+        self.sequences = Sequences()
         self.losses = LossLedger()
 
     def count_drops(self, report: DropReport) -> None:
@@ -85,26 +79,21 @@ class Stats:
         self.note_sequence(report.host, report.pid, report.seq)
 
     def note_sequence(self, host: str, pid: int, seq: int) -> None:
-        """Count numbers skipped or repeated in one origin's sequence."""
-        # TODO: origins are never expired, only forgotten all at once past
-        # MAX_TRACKED_ORIGINS, and a gap is not told apart by cause (socket
-        # high-water mark, a broker killed before it counted the events).
-        origin = (host, pid)
-        last = self.last_seq.get(origin)
-        if last is None:
-            if len(self.last_seq) >= MAX_TRACKED_ORIGINS:
-                self.last_seq.clear()
-        elif seq > last + 1:
-            self.seq_missing += seq - last - 1
-            self.losses.add(host, pid, SEQUENCE_GAP, seq - last - 1)
-        elif seq < last:
-            # An emitter sending from several threads uses one connection per
-            # thread, so a number may arrive late: it fills a gap counted before.
-            self.seq_out_of_order += 1
-            self.seq_missing -= 1
-            self.losses.add(host, pid, SEQUENCE_GAP, -1)
-            return
-        self.last_seq[origin] = seq
+        """Note one number of an origin's sequence; gaps open, late ones fill."""
+        self.sequences.note(host, pid, seq)
+
+    def confirm_gaps(self, max_age_s: float) -> None:
+        """Count as lost the gaps open for ``max_age_s`` or longer.
+
+        Until then a number may still arrive late on another connection of
+        the same origin, so an open gap is shown but never reported.
+        """
+        # TODO: a gap is not told apart by cause (socket high-water mark, a
+        # broker killed before it counted the events).
+        sequences = self.sequences
+        sequences.confirm(max_age_s)
+        for (host, pid), count in sequences.take_confirmed().items():
+            self.losses.add(host, pid, SEQUENCE_GAP, count)
 
     def settled(self) -> int:
         """Received events whose fate is known: published, spooled or failed."""
@@ -152,9 +141,10 @@ class Stats:
             "emitter_drops_total": self.drops_total(),
             "connections": self.connections,
             "sequence": {
-                "origins": len(self.last_seq),
-                "missing": self.seq_missing,
-                "out_of_order": self.seq_out_of_order,
+                "origins": len(self.sequences),
+                "missing": self.sequences.confirmed_total,
+                "pending": self.sequences.open,
+                "out_of_order": self.sequences.out_of_order,
             },
             "replies": {
                 "acks": self.acks_sent,
