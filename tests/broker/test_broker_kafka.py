@@ -22,18 +22,7 @@ from zlog.protocol import EventClass
 
 from .sender import make_event
 
-SENDER = str(Path(__file__).with_name("sender.py"))
-
 pytestmark = pytest.mark.kafka
-
-
-def start_senders(socket_path: Path, procs: int, count: int, *flags: str) -> list:
-    return [
-        subprocess.Popen(
-            [sys.executable, SENDER, str(socket_path), str(proc), str(count), *flags]
-        )
-        for proc in range(procs)
-    ]
 
 
 def topic_of(topics, event_class: EventClass) -> str:
@@ -60,7 +49,7 @@ def event_id(value: bytes) -> str:
 
 
 def test_eight_processes_of_ten_thousand_events_arrive_exactly_once(
-    start_broker, topics, kafka_bootstrap
+    start_broker, start_senders, topics, kafka_bootstrap
 ):
     """80,000 events from 8 processes land once each, in the right topic, intact."""
     procs, count = 8, 10_000
@@ -87,7 +76,7 @@ def test_eight_processes_of_ten_thousand_events_arrive_exactly_once(
 
 
 def test_sigterm_under_load_loses_nothing_received(
-    start_broker, topics, kafka_bootstrap
+    start_broker, start_senders, topics, kafka_bootstrap
 ):
     """Everything the broker received before SIGTERM is in Kafka, exactly once."""
     broker = start_broker()

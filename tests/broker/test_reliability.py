@@ -26,7 +26,6 @@ from zlog.protocol import EventClass
 
 from .sender import make_event
 
-SENDER = str(Path(__file__).with_name("sender.py"))
 KAFKA_SCRIPT = str(Path(__file__).parents[2] / "scripts" / "kafka")
 
 pytestmark = pytest.mark.kafka
@@ -256,18 +255,13 @@ def test_spool_full_applies_the_policy_and_counts(start_broker, topics, tmp_path
 
 
 def test_sigterm_under_load_with_kafka_away_loses_nothing(
-    start_broker, topics, kafka_bootstrap
+    start_broker, start_senders, topics, kafka_bootstrap
 ):
     """SIGTERM while 4 senders flood a broker that has no Kafka: all of it is kept."""
     broker = start_broker(
         "--drain-timeout-s", "5", bootstrap=f"127.0.0.1:{closed_port()}"
     )
-    senders = [
-        subprocess.Popen(
-            [sys.executable, SENDER, str(broker.socket_path), str(p), "0", "--forever"]
-        )
-        for p in range(4)
-    ]
+    senders = start_senders(broker.socket_path, 4, 0, "--forever")
     time.sleep(2.0)
 
     assert broker.terminate(timeout_s=30) == 0
