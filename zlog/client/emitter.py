@@ -47,6 +47,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,6 +205,7 @@ class Emitter:
         self._reported: dict[str, int] = {}
         self._seq = itertools.count(1)
         self._closed = False
+        self._warned = False
 
     def __repr__(self) -> str:
         return f"<Emitter pid={self.pid} endpoint={self.endpoint!r}>"
@@ -240,31 +242,36 @@ class Emitter:
         if self._generation != _fork_generation:
             return False
         try:
-            channel = self._local.channel
-        except AttributeError:
-            channel = self._open_channel()
-            if channel is None:
+            try:
+                channel = self._local.channel
+            except AttributeError:
+                channel = self._open_channel()
+                if channel is None:
+                    return False
+            seq = next(self._seq)
+            frames = protocol.encode_event(
+                event_class,
+                value,
+                host=self.host,
+                pid=self.pid,
+                seq=seq,
+                key=key,
+                headers=headers,
+                topic=topic,
+                wants_ack=wants_ack,
+            )
+            if wants_ack:
+                timeout = self.ack_timeout_s if timeout_s is None else timeout_s
+                delivery = self._send_acked(channel, frames, seq, timeout)
+                return delivery is Delivery.ACKED
+            if not self._send_now(channel, frames):
                 return False
-        seq = next(self._seq)
-        frames = protocol.encode_event(
-            event_class,
-            value,
-            host=self.host,
-            pid=self.pid,
-            seq=seq,
-            key=key,
-            headers=headers,
-            topic=topic,
-            wants_ack=wants_ack,
-        )
-        if wants_ack:
-            timeout = self.ack_timeout_s if timeout_s is None else timeout_s
-            return self._send_acked(channel, frames, seq, timeout) is Delivery.ACKED
-        if not self._send_now(channel, frames):
+            channel.sent += 1
+            if self._unreported:
+                self._report_drops(channel)
+        except Exception as exc:
+            self._fail(exc)
             return False
-        channel.sent += 1
-        if self._unreported:
-            self._report_drops(channel)
 
         return True
 
@@ -284,24 +291,28 @@ class Emitter:
         """
         if self._generation != _fork_generation:
             return Delivery.CLOSED
-        channel = self._channel_or_none()
-        if channel is None:
-            return Delivery.CLOSED
-        seq = next(self._seq)
-        frames = protocol.encode_event(
-            event_class,
-            value,
-            host=self.host,
-            pid=self.pid,
-            seq=seq,
-            key=key,
-            headers=headers,
-            topic=topic,
-            wants_ack=True,
-        )
-        timeout = self.ack_timeout_s if timeout_s is None else timeout_s
+        try:
+            channel = self._channel_or_none()
+            if channel is None:
+                return Delivery.CLOSED
+            seq = next(self._seq)
+            frames = protocol.encode_event(
+                event_class,
+                value,
+                host=self.host,
+                pid=self.pid,
+                seq=seq,
+                key=key,
+                headers=headers,
+                topic=topic,
+                wants_ack=True,
+            )
+            timeout = self.ack_timeout_s if timeout_s is None else timeout_s
+            return self._send_acked(channel, frames, seq, timeout)
+        except Exception as exc:
+            self._fail(exc)
 
-        return self._send_acked(channel, frames, seq, timeout)
+        return Delivery.UNAVAILABLE
 
     def count_drop(self, reason: str) -> None:
         """Count an event dropped before it reached ``send`` (e.g. invalid)."""
@@ -333,16 +344,17 @@ class Emitter:
         A status request travels behind the thread's events on the same
         connection, so its answer means they all arrived.
         """
-        channel = self._channel_or_none()
-        if channel is None:
-            return False
-        deadline = time.monotonic() + timeout_s
-        frames = protocol.encode_status_request(self.pid)
         try:
+            channel = self._channel_or_none()
+            if channel is None:
+                return False
+            deadline = time.monotonic() + timeout_s
+            frames = protocol.encode_status_request(self.pid)
             if not self._send_by(channel, frames, deadline):
                 return False
             reply = self._await_reply(channel, deadline, protocol.Kind.STATUS_REPLY)
-        except zmq.ZMQError:
+        except Exception as exc:
+            self._fail(exc, drop=False)
             return False
 
         return reply is not None
@@ -405,15 +417,37 @@ class Emitter:
         if self._context is None:
             self._context = zmq.Context(io_threads=1)
         sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, self.linger_ms)
-        sock.setsockopt(zmq.SNDHWM, self.queue_events)
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-        sock.connect(self.endpoint)
-        grace_s = self.connect_grace_ms / 1000 if self.socket_path.exists() else 0.0
+        try:
+            sock.setsockopt(zmq.LINGER, self.linger_ms)
+            sock.setsockopt(zmq.SNDHWM, self.queue_events)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+            sock.connect(self.endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        grace_s = self.connect_grace_ms / 1000 if self._socket_file_exists() else 0.0
 
         return _Channel(sock, time.monotonic() + grace_s)
+
+    def _socket_file_exists(self) -> bool:
+        # os.path.exists, not Path.exists: it answers False where Path.exists
+        # raises (a directory we may not search, a NUL in the path).
+        return os.path.exists(self.socket_path)
+
+    def _fail(self, exc: Exception, *, drop: bool = True) -> None:
+        """Count an event lost to an unexpected failure; warn about the first."""
+        if drop:
+            self._count(DropReason.ERROR)
+        if self._warned:
+            return
+        self._warned = True
+        _warn(
+            f"zlog cannot send events to {self.endpoint} "
+            f"({exc.__class__.__name__}: {exc}); they are dropped and counted "
+            "as 'error' in zlog.stats(); check zlog.configure() and ZLOG_SOCKET"
+        )
 
     def _retire_dead_channels(self) -> None:
         # Called with the lock held. A dead thread's socket is no one's now,
@@ -554,6 +588,31 @@ def _send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
     _send_frame(sock, frames[last], _LAST)
 
 
+# Modules between an application's logging call and the emitter: a warning
+# points at the first frame outside them.
+_LIBRARY_MODULES = ("zlog", "structlog", "logging", "asyncio", "concurrent")
+
+
+def _warn(message: str) -> None:
+    """Warn at the application's line; never raises, even under ``-W error``.
+
+    The caller may be a logging call, into which nothing may raise.
+    """
+    frame = sys._getframe(0)
+    stacklevel = 1
+    while frame is not None and _is_library(frame.f_globals.get("__name__", "")):
+        frame = frame.f_back
+        stacklevel += 1
+    with contextlib.suppress(Exception):
+        warnings.warn(message, stacklevel=stacklevel)
+
+
+def _is_library(module: str) -> bool:
+    return any(
+        module == name or module.startswith(name + ".") for name in _LIBRARY_MODULES
+    )
+
+
 def _destroy_quietly(context: zmq.Context, linger_ms: int) -> None:
     # Nobody is left to tell at exit; the events still queued are lost.
     with contextlib.suppress(Exception):
@@ -591,9 +650,14 @@ def configure(**settings) -> None:
     """Set the arguments of the process's emitter (see ``Emitter``).
 
     The current emitter, if any, is closed; the next event creates a new one
-    with these settings. Forked children inherit them.
+    with these settings. Forked children inherit them. An unknown name or a
+    socket path that is not a path raises ``TypeError`` here, so that no
+    logging call ever meets it; a value the broker connection cannot use (a
+    path too long for a Unix socket, a negative queue) is found at the first
+    event, which is dropped and counted as ``error``, with one warning.
     """
     global _emitter, _settings
+    Emitter(**settings)
     with _emitter_lock:
         old, _emitter = _emitter, None
         _settings = dict(settings)
