@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import prometheus_client
 import pytest
@@ -193,3 +194,18 @@ def test_audit_without_broker_times_out_within_bound(socket_path, fresh_global):
         "logging_kafka_errors_total", event_type="audit", error_type="BrokerUnavailable"
     )
     assert errors >= 1
+
+
+def test_audit_calls_without_broker_do_not_stall(socket_path, fresh_global):
+    """With no broker socket, fifty audit calls with the 5 s bound take under 1 s."""
+    started = time.monotonic()
+    results = [
+        zlog.publish_audit_log_sync(
+            action="a", actor="b", resource="c", outcome="success"
+        )
+        for _ in range(50)
+    ]
+
+    assert results == [False] * 50
+    assert time.monotonic() - started < 1.0
+    assert zlog.stats().dropped == {"broker_unavailable": 50}

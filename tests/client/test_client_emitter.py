@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -170,6 +171,70 @@ def test_acked_send_without_broker_is_bounded(socket_path):
 
     assert delivery is Delivery.UNAVAILABLE
     assert elapsed < 1.0
+
+
+def test_acked_send_without_socket_file_fails_at_once(socket_path):
+    """With no socket file an acked send is UNAVAILABLE at once, and counted."""
+    emitter = Emitter(socket_path, ack_timeout_s=3.0)
+    try:
+        started = time.monotonic()
+        deliveries = [emitter.send_and_wait(*audit_event()) for _ in range(20)]
+        sent = emitter.send(*audit_event(), wants_ack=True)
+        elapsed = time.monotonic() - started
+    finally:
+        emitter.close(0)
+
+    assert deliveries == [Delivery.UNAVAILABLE] * 20
+    assert sent is False
+    assert elapsed < 1.0
+    assert emitter.stats().dropped == {DropReason.BROKER_UNAVAILABLE: 21}
+
+
+def test_acked_send_to_stale_socket_file_fails_after_the_grace(socket_path):
+    """A socket file nobody listens on fails an acked send after the grace."""
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(socket_path))
+    stale.close()
+    emitter = Emitter(socket_path, ack_timeout_s=4.0, connect_grace_ms=300)
+    try:
+        started = time.monotonic()
+        delivery = emitter.send_and_wait(*audit_event())
+        elapsed = time.monotonic() - started
+    finally:
+        emitter.close(0)
+
+    assert delivery is Delivery.UNAVAILABLE
+    assert 0.25 < elapsed < 2.5
+    assert emitter.stats().dropped == {DropReason.BROKER_UNAVAILABLE: 1}
+
+
+def test_silent_broker_costs_one_full_timeout_then_the_grace(socket_path):
+    """After a wait with no reply, acked sends wait only the grace until one comes."""
+    broker = FakeBroker(socket_path, reply="silent")
+    emitter = Emitter(socket_path, ack_timeout_s=1.5, connect_grace_ms=200)
+    try:
+        first = timed(emitter.send_and_wait, *audit_event())
+        later = [timed(emitter.send_and_wait, *audit_event()) for _ in range(3)]
+        broker.reply = "ack"
+        recovered = [emitter.send_and_wait(*audit_event()) for _ in range(30)]
+        broker.reply = "silent"
+        after_recovery = timed(emitter.send_and_wait, *audit_event())
+    finally:
+        emitter.close(0)
+        broker.stop()
+
+    assert first[0] is Delivery.TIMED_OUT and first[1] >= 1.4
+    assert all(d is Delivery.TIMED_OUT and s < 1.0 for d, s in later)
+    assert Delivery.ACKED in recovered
+    assert after_recovery[0] is Delivery.TIMED_OUT and after_recovery[1] >= 1.4
+
+
+def timed(call, *args) -> tuple:
+    """The result of ``call(*args)`` and the seconds it took."""
+    started = time.monotonic()
+    result = call(*args)
+
+    return result, time.monotonic() - started
 
 
 def test_many_threads_send_concurrently(fake_broker, emitter):

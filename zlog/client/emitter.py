@@ -18,7 +18,11 @@ Sending never waits longer than a bound:
   ``connect_grace_ms`` once, while the broker's socket file exists, so the
   first line a process logs is not lost to the connection still being set up;
 - an audit or security event asks for an acknowledgment and waits at most
-  ``ack_timeout_s`` for the broker to connect and acknowledge it.
+  ``ack_timeout_s`` for it. With no socket file it fails at once; a broker
+  not connected within ``connect_grace_ms`` fails it after that grace; and
+  once a wait has ended with no reply at all, later waits on the emitter are
+  cut to ``connect_grace_ms`` until the broker answers anything again, so a
+  silent broker costs a worker one full timeout, not one per event.
 
 The socket connects with ``IMMEDIATE`` set, so nothing queues for a broker
 that is not there: every loss is a counted drop, never a silent one. The
@@ -206,6 +210,10 @@ class Emitter:
         self._seq = itertools.count(1)
         self._closed = False
         self._warned = False
+        # Replies read on any channel, and whether the last acked send's
+        # wait ended without one (see _send_acked).
+        self._replies = 0
+        self._broker_silent = False
 
     def __repr__(self) -> str:
         return f"<Emitter pid={self.pid} endpoint={self.endpoint!r}>"
@@ -507,9 +515,21 @@ class Emitter:
     def _send_acked(
         self, channel: _Channel, frames: list[bytes], seq: int, timeout_s: float
     ) -> Delivery:
-        deadline = time.monotonic() + timeout_s
+        # No socket file, no broker: nothing to wait for.
+        if not self._socket_file_exists():
+            self._count(DropReason.BROKER_UNAVAILABLE)
+            return Delivery.UNAVAILABLE
+        started = time.monotonic()
+        deadline = started + timeout_s
+        # A broker not connected within the grace is not coming in time (a
+        # stale socket file, a broker still starting); while the broker is
+        # silent, the wait for its verdict is cut to the same bound.
+        short = min(deadline, started + self.connect_grace_ms / 1000)
+        if self._broker_silent:
+            deadline = short
+        replies = self._replies
         try:
-            if not self._send_by(channel, frames, deadline):
+            if not self._send_by(channel, frames, short):
                 self._count(DropReason.BROKER_UNAVAILABLE)
                 return Delivery.UNAVAILABLE
             channel.sent += 1
@@ -521,6 +541,8 @@ class Emitter:
         if reply is None:
             with self._lock:
                 self._unacked += 1
+            if self._replies == replies:
+                self._broker_silent = True
             return Delivery.TIMED_OUT
         if reply.kind == protocol.Kind.ACK:
             channel.acked += 1
@@ -545,6 +567,9 @@ class Emitter:
             reply = protocol.decode_reply(sock.recv_multipart(zmq.NOBLOCK))
             if isinstance(reply, protocol.FrameError):
                 continue
+            # Any reply, even a stale one, shows the broker is answering.
+            self._replies += 1
+            self._broker_silent = False
             if seq is not None and reply.kind != protocol.Kind.STATUS_REPLY:
                 if reply.seq == seq:
                     return reply
