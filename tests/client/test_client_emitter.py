@@ -308,6 +308,45 @@ def test_raw_fork_child_never_touches_parent_sockets(fake_broker, emitter):
     assert [e.pid for e in events] == [os.getpid(), pid]
 
 
+def test_raw_fork_child_that_closes_before_os_exit_delivers_everything(
+    fake_broker, emitter
+):
+    """zlog.close() before os._exit hands every queued event to the broker."""
+    pid = os.fork()
+    if pid == 0:
+        sent = sum(zlog.get_emitter().send(*app_event(str(i))) for i in range(2000))
+        zlog.close()
+        os._exit(0 if sent == 2000 else 1)
+    _, status = os.waitpid(pid, 0)
+    events = fake_broker.wait_for(2000, timeout_s=20)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sum(e.pid == pid for e in events) == 2000
+
+
+def test_close_with_stalled_broker_returns_within_the_linger(socket_path):
+    """close() gives up on events a stalled broker never reads after the linger."""
+    import zmq
+
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    router.rcvhwm = 1
+    router.bind(f"ipc://{socket_path}")
+    emitter = Emitter(socket_path, linger_ms=300)
+    try:
+        for i in range(2000):
+            emitter.send(*app_event(str(i)))
+        started = time.monotonic()
+        emitter.close()
+        elapsed = time.monotonic() - started
+    finally:
+        router.close()
+        context.term()
+
+    assert elapsed < 0.3 + 0.5
+
+
 @pytest.mark.parametrize(
     "method",
     [
