@@ -85,6 +85,10 @@ __all__ = ["Broker", "run_broker"]
 # many cycles; an emitter that keeps sending cannot hold the drain forever.
 FINAL_SWEEP_CYCLES = 64
 
+# Of the drain time, the final sweep takes at most half, and the flush to
+# Kafka leaves this share for spooling the batches Kafka did not acknowledge.
+DRAIN_SPILL_SHARE = 0.2
+
 # One replay step reads this much of the spool: about 4 ms of peek per 1,000
 # records (docs/spool.md), and several Kafka batches' worth.
 REPLAY_RECORDS = 4000
@@ -134,6 +138,8 @@ class Broker:
         self._writes: set[asyncio.Future] = set()
         self._tasks: list[asyncio.Task] = []
         self._own_seq = 0
+        # Set at drain: when the final sweep must end (monotonic s).
+        self._sweep_until: float | None = None
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._readable = asyncio.Event()
@@ -304,7 +310,12 @@ class Broker:
         if self.spooling:
             self._spill_batch(batch, "spooling")
             return
-        await self.publisher.submit(batch)
+        timeout_s = None
+        if self._sweep_until is not None:
+            # Draining: a partition Kafka is slow to take must not hold the
+            # sweep past its share of the drain time.
+            timeout_s = max(0.1, self._sweep_until - time.monotonic())
+        await self.publisher.submit(batch, timeout_s)
 
     def _route(self, pairs: list[_Pair]) -> tuple:
         """Append each event to the open batch of its topic-partition. Kept lean."""
@@ -643,26 +654,34 @@ class Broker:
         self.log.info("draining", **self.stats.summary())
         # Half the drain time at most goes to taking in what is still queued,
         # so flushing to Kafka or the spool keeps the other half.
-        sweep_until = time.monotonic() + self.config.drain_timeout_s / 2
+        self._sweep_until = time.monotonic() + self.config.drain_timeout_s / 2
         for _ in range(FINAL_SWEEP_CYCLES):
             messages = self._take()
             if not messages:
                 break
             await self._cycle(messages)
-            if time.monotonic() > sweep_until:
+            if time.monotonic() > self._sweep_until:
                 break
         # What is still missing now will not arrive at this broker.
         await self._report_losses(gap_age_s=0.0)
         await self._stop_tasks(deadline)
         flushed = True
         if self.publisher.connected:
-            remaining_s = max(0.0, deadline - time.monotonic())
-            flushed = await self.publisher.flush(remaining_s)
+            # The flush leaves a share of the drain for spooling what Kafka
+            # did not acknowledge in time.
+            spill_reserve_s = self.config.drain_timeout_s * DRAIN_SPILL_SHARE
+            flush_s = max(0.0, deadline - time.monotonic() - spill_reserve_s)
+            flushed = await self.publisher.flush(flush_s)
             for batch in self.publisher.abandon_in_flight():
                 self._spill_batch(batch, "drain timed out")
+        # A spool write in the disk thread cannot be interrupted: its events
+        # are safe only once it commits. Each write holds at most one cycle or
+        # the batches that were in flight, so this wait is short.
         while self._writes:
             await asyncio.wait(list(self._writes))
-        await self.publisher.stop(max(1.0, deadline - time.monotonic()))
+        # Everything is published or spooled by now: a producer that does not
+        # stop in the time left is abandoned, never waited for.
+        await self.publisher.stop(max(0.1, deadline - time.monotonic()))
         self.state = "stopped"
         summary = self.stats.summary()
         unsettled = sum(self.stats.received) + self.stats.generated

@@ -235,19 +235,24 @@ class Publisher:
             if partitions:
                 by_key[None] = random.choice(sorted(partitions))
 
-    async def submit(self, batch: OpenBatch) -> asyncio.Future | None:
+    async def submit(
+        self, batch: OpenBatch, timeout_s: float | None = None
+    ) -> asyncio.Future | None:
         """Hand one batch to the producer; None when it failed at once.
 
         Waits while the partition's previous batch is queued, at most
-        ``send_timeout_s``; past that the batch fails as retriable.
+        ``timeout_s`` (``send_timeout_s`` when None); past that the batch
+        fails as retriable.
         """
         batch.sent_at_s = time.monotonic()
+        if timeout_s is None:
+            timeout_s = self.config.send_timeout_s
         try:
             future = await asyncio.wait_for(
                 self.producer.send_batch(
                     batch.builder, batch.topic, partition=batch.partition
                 ),
-                self.config.send_timeout_s,
+                timeout_s,
             )
         except (KafkaError, TimeoutError) as exc:
             self._give_up(batch, exc)
@@ -326,11 +331,16 @@ class Publisher:
         return len(self._in_flight)
 
     async def flush(self, timeout_s: float) -> bool:
-        """Wait until Kafka answered every batch; False when time ran out."""
+        """Wait until Kafka answered every batch; False when time ran out.
+
+        Both waits share the one bound, so the flush never takes longer.
+        """
+        deadline = time.monotonic() + timeout_s
         try:
             await asyncio.wait_for(self.producer.flush(), timeout_s)
-            if self._in_flight:
-                await asyncio.wait(list(self._in_flight), timeout=timeout_s)
+            remaining_s = deadline - time.monotonic()
+            if self._in_flight and remaining_s > 0:
+                await asyncio.wait(list(self._in_flight), timeout=remaining_s)
         except TimeoutError:
             return False
 
