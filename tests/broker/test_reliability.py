@@ -34,6 +34,12 @@ pytestmark = pytest.mark.kafka
 # aiokafka and ZeroMQ take about 60 MB; the budget leaves room for one cycle.
 RSS_BUDGET_BYTES = 150 * 1024 * 1024
 
+# SIGTERM tests drain within this bound; the broker's exit after the drain
+# (closing the spool, the producer, the interpreter) takes up to a few seconds
+# more on a loaded two-core machine.
+DRAIN_TIMEOUT_S = 5
+EXIT_SLACK_S = 5
+
 
 def closed_port() -> int:
     """A loopback port nobody listens on (bound, then closed)."""
@@ -124,6 +130,15 @@ class AckingSender:
                 self.acked.add(reply.seq - 1)
             else:
                 self.nacked[reply.seq - 1] = reply.body.decode()
+
+    def settle(self, timeout_s: float) -> None:
+        """Read replies until every event sent got one; fail after the bound."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.acked) + len(self.nacked) < self.sent:
+            if time.monotonic() > deadline:
+                answered = len(self.acked) + len(self.nacked)
+                pytest.fail(f"{answered} of {self.sent} events answered")
+            self.collect(0.1)
 
     def close(self) -> None:
         self.dealer.close(linger=0)
@@ -225,10 +240,16 @@ def test_spool_full_applies_the_policy_and_counts(start_broker, topics, tmp_path
     )
     sender = AckingSender(broker.socket_path, proc=3)
 
+    # Each step waits for the broker's answers, so the application events
+    # are stored before the last audit events need their room: arriving in
+    # one cycle with them, they would be refused rather than stored and
+    # evicted.
     sender.send(300, EventClass.AUDIT)
+    sender.settle(30)
     sender.send(1500, EventClass.APPLICATION)
+    sender.settle(30)
     sender.send(600, EventClass.AUDIT)
-    sender.collect(3)
+    sender.settle(30)
     state = status(broker.socket_path)
     sender.close()
 
@@ -259,18 +280,26 @@ def test_sigterm_under_load_with_kafka_away_loses_nothing(
 ):
     """SIGTERM while 4 senders flood a broker that has no Kafka: all of it is kept."""
     broker = start_broker(
-        "--drain-timeout-s", "5", bootstrap=f"127.0.0.1:{closed_port()}"
+        "--drain-timeout-s",
+        str(DRAIN_TIMEOUT_S),
+        bootstrap=f"127.0.0.1:{closed_port()}",
     )
     senders = start_senders(broker.socket_path, 4, 0, "--forever")
     time.sleep(2.0)
 
-    assert broker.terminate(timeout_s=30) == 0
+    stop_started = time.monotonic()
+    exit_code = broker.terminate(timeout_s=60)
+    stop_s = time.monotonic() - stop_started
     for sender in senders:
         sender.kill()
-        sender.wait()
     stopped = log_lines(broker.stderr())[-1]
+
+    print(f"\nSIGTERM exit in {stop_s:.2f} s, {stopped}")
+    assert exit_code == 0
     assert stopped["event"] == "stopped"
     assert stopped["received"] == stopped["spooled"] > 0
+    # The drain time, plus the interpreter's own exit on a busy machine.
+    assert stop_s < DRAIN_TIMEOUT_S + EXIT_SLACK_S
 
     restarted = start_broker()
     records = consume(kafka_bootstrap, topics.all(), stopped["received"], timeout_s=90)
@@ -302,18 +331,30 @@ def test_kafka_stopped_for_30_s_under_load_loses_nothing(
     sender = AckingSender(broker.socket_path, proc=4)
     rate_per_s, step_s = 500, 0.1
 
-    def load(duration_s: float) -> None:
+    spool_sizes: list[int] = []
+
+    def load(duration_s: float, watch: bool = False, until_spooled: bool = False):
+        """Send at the rate; when watching, note the spool's size every second."""
         end = time.monotonic() + duration_s
+        next_look_s = 0.0
         while time.monotonic() < end:
             sender.send(int(rate_per_s * step_s))
             sender.collect(step_s)
+            if watch and time.monotonic() >= next_look_s:
+                spool_sizes.append(status(broker.socket_path)["spool"]["events"])
+                next_look_s = time.monotonic() + 1
+                if until_spooled and spool_sizes[-1] > 0:
+                    return
 
     load(5)
     subprocess.run(
         [*command, "stop", "--port", str(private_kafka)], check=True, timeout=120
     )
-    load(30)
-    during = status(broker.socket_path)
+    load(30, watch=True)
+    if max(spool_sizes) == 0:
+        # A loaded machine may be slow to notice the outage: keep the load on
+        # until the spool is seen in use, within a generous bound.
+        load(60, watch=True, until_spooled=True)
     subprocess.run(
         [*command, "start", "--port", str(private_kafka)], check=True, timeout=180
     )
@@ -326,10 +367,10 @@ def test_kafka_stopped_for_30_s_under_load_loses_nothing(
     sender.close()
 
     print(
-        f"\nsent {sender.sent}, spooled during outage {during['spool']['events']}, "
+        f"\nsent {sender.sent}, spooled during outage up to {max(spool_sizes)}, "
         f"in Kafka {len(ids)} distinct, duplicates {duplicates}"
     )
-    assert during["spool"]["events"] > 0
+    assert max(spool_sizes) > 0
     assert len(ids) == sender.sent
     assert duplicates <= sender.sent * 0.001
     assert len(sender.acked) == sender.sent
