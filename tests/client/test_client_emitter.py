@@ -344,7 +344,8 @@ def test_close_with_stalled_broker_returns_within_the_linger(socket_path):
         router.close()
         context.term()
 
-    assert elapsed < 0.3 + 0.5
+    # The linger, plus the slack close() allows its closer thread.
+    assert elapsed < 0.3 + 0.5 + 0.2
 
 
 @pytest.mark.parametrize(
