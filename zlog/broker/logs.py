@@ -4,6 +4,11 @@ The broker logs what an operator needs to follow its life (started, bound,
 Kafka connected, draining, stopped) and degraded states. It never logs one
 line per event and never a payload: per-event facts are counters, read with a
 status request.
+
+Libraries log through the standard ``logging`` module; aiokafka says so when
+it cannot reach a node. ``JsonLogHandler`` turns their warnings and errors
+into the broker's own JSON lines (event ``kafka_client``), throttled like
+every other warning, so stderr never holds a line journald cannot parse.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import time
 
 import structlog
 
-__all__ = ["RateLimiter", "configure_logging", "get_logger"]
+__all__ = ["JsonLogHandler", "RateLimiter", "configure_logging", "get_logger"]
 
 # One warning of a kind per minute tells an operator that something is wrong
 # without flooding journald when a misbehaving emitter sends thousands.
 DEFAULT_WARNING_INTERVAL_S = 60.0
+
+# Standard-library loggers whose records the broker takes into its own log.
+LIBRARY_LOGGERS = ("aiokafka",)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -34,6 +42,11 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.setLevel(logging.WARNING)
+        library.addHandler(JsonLogHandler())
+        library.propagate = False
 
 
 def get_logger() -> structlog.typing.FilteringBoundLogger:
@@ -59,3 +72,33 @@ class RateLimiter:
         self._last[key] = now
 
         return self._suppressed.pop(key, 0)
+
+
+class JsonLogHandler(logging.Handler):
+    """Stdlib records of a library as the broker's warnings, rate-limited.
+
+    Each message template passes at most once per interval, whatever its
+    arguments; the line says how many were held back. The library's own
+    level is kept in ``library_level``: a library's error (Kafka
+    unreachable) is a degraded state for the broker, so a warning.
+    """
+
+    def __init__(self, limiter: RateLimiter | None = None) -> None:
+        super().__init__(logging.WARNING)
+        self.limiter = limiter or RateLimiter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Log ``record`` as one JSON line, unless its kind was seen lately."""
+        try:
+            suppressed = self.limiter.allow(f"{record.name}:{record.msg}")
+            if suppressed is None:
+                return
+            get_logger().warning(
+                "kafka_client",
+                logger=record.name,
+                library_level=record.levelname,
+                message=record.getMessage(),
+                similar_suppressed=suppressed,
+            )
+        except Exception:
+            self.handleError(record)
