@@ -3,16 +3,21 @@
 Run as a script by the integration tests (one process per simulated worker)::
 
     python sender.py SOCKET PROC COUNT [--ack-last] [--forever]
+    python sender.py SOCKET PROC 0 --paced RATE SECONDS --report FILE
 
 Every event is derived from (PROC, i) by ``make_event``, so a test can rebuild
-what each record in Kafka must look like from the id inside it.
+what each record in Kafka must look like from the id inside it. A paced
+sender asks an ack for every event, sends RATE events a second for SECONDS,
+waits for the last replies, and writes the numbers acked and nacked to FILE.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 
 import zmq
 
@@ -70,6 +75,60 @@ def send(socket_path: str, proc: int, count: int, ack_last: bool, forever: bool)
     return 0
 
 
+# A paced sender sends in steps of this long, reading replies in between.
+PACE_STEP_S = 0.05
+
+# After the last send, replies still missing are waited for this long.
+REPLY_WAIT_S = 60.0
+
+
+def send_paced(socket_path: str, proc: int, rate: int, seconds: float) -> dict:
+    """Send ``rate`` acked events a second for ``seconds``; return the replies."""
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.sndhwm = dealer.rcvhwm = 0
+    dealer.connect(f"ipc://{socket_path}")
+    host = os.uname().nodename.encode()
+    acked: list[int] = []
+    nacked: dict[int, str] = {}
+    sent = 0
+    started = time.monotonic()
+    while (now := time.monotonic()) - started < seconds:
+        due = int((now - started) * rate)
+        for i in range(sent, due):
+            event_class, key, headers, value = make_event(proc, i)
+            frames = protocol.encode_event(
+                event_class,
+                value,
+                host=host,
+                pid=os.getpid(),
+                seq=i + 1,
+                key=key,
+                headers=protocol.encode_headers(headers),
+                wants_ack=True,
+            )
+            dealer.send_multipart(frames)
+        sent = max(sent, due)
+        _read_replies(dealer, acked, nacked, PACE_STEP_S)
+    deadline = time.monotonic() + REPLY_WAIT_S
+    while len(acked) + len(nacked) < sent and time.monotonic() < deadline:
+        _read_replies(dealer, acked, nacked, 0.1)
+    dealer.close(linger=0)
+    context.term()
+
+    return {"sent": sent, "acked": acked, "nacked": nacked}
+
+
+def _read_replies(dealer, acked: list, nacked: dict, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while dealer.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+        reply = protocol.decode_reply(dealer.recv_multipart())
+        if reply.kind == protocol.Kind.ACK:
+            acked.append(reply.seq - 1)
+        else:
+            nacked[reply.seq - 1] = reply.body.decode()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("socket")
@@ -77,5 +136,13 @@ if __name__ == "__main__":
     parser.add_argument("count", type=int)
     parser.add_argument("--ack-last", action="store_true")
     parser.add_argument("--forever", action="store_true")
+    parser.add_argument("--paced", nargs=2, type=float, metavar=("RATE", "SECONDS"))
+    parser.add_argument("--report")
     args = parser.parse_args()
+    if args.paced:
+        rate, seconds = args.paced
+        result = send_paced(args.socket, args.proc, int(rate), seconds)
+        with open(args.report, "w") as report:
+            json.dump(result, report)
+        sys.exit(0)
     sys.exit(send(args.socket, args.proc, args.count, args.ack_last, args.forever))

@@ -7,7 +7,9 @@ every process it started.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -307,6 +309,79 @@ def test_sigterm_under_load_with_kafka_away_loses_nothing(
     assert len(ids) == stopped["received"]
     assert sum(ids.values()) == len(ids)
     assert restarted.terminate() == 0
+
+
+def garbage() -> list[list[bytes]]:
+    """One message of each kind of bad input a local process can send."""
+    good = protocol.encode_event(EventClass.AUDIT, b"{}", host=b"g", pid=1, seq=1)
+    head = good[0]
+
+    return [
+        [b"junk"],
+        [b"\x09" + head[1:], good[1]],
+        [head[:1] + b"\x63" + head[2:], good[1]],
+        [head, *[b""] * 50],
+        [*good, b"extra"],
+        [head, os.urandom(20_000)],
+        [b""],
+    ]
+
+
+def test_garbage_is_dead_lettered_while_good_traffic_flows(
+    start_broker, start_senders, topics, kafka_bootstrap, tmp_path
+):
+    """A process flooding bad frames: each is counted, kept with its reason up
+    to the bound, and another process's acked events all reach Kafka meanwhile.
+    """
+    broker = start_broker()
+    report = tmp_path / "good.json"
+    paced = ("--paced", "500", "6", "--report", str(report))
+    (good,) = start_senders(broker.socket_path, 1, 0, *paced)
+    kinds = garbage()
+    expected_reasons = {protocol.decode(frames).reason for frames in kinds}
+    context = zmq.Context()
+    flooder = context.socket(zmq.DEALER)
+    flooder.connect(f"ipc://{broker.socket_path}")
+    flooded = 0
+    flood_until = time.monotonic() + 5
+    while time.monotonic() < flood_until:
+        for frames in kinds:
+            flooder.send_multipart(frames)
+        flooded += len(kinds)
+    # The broker answers on a connection in order: once this reply is here,
+    # every bad message before it was taken.
+    flooder.send_multipart(protocol.encode_status_request(os.getpid()))
+    answered = flooder.poll(60_000)
+    flooder.close(linger=0)
+    context.term()
+
+    assert good.wait(timeout=120) == 0
+    sent = json.loads(report.read_text())
+    records = consume(kafka_bootstrap, topics.all(), sent["sent"], timeout_s=60)
+    ids = ids_of(records)
+    state = status(broker.socket_path)
+    dead = log_lines(Path(state["dead_letter_path"]).read_text())
+    kept_bytes = [
+        sum(len(base64.b64decode(f["base64"])) for f in line["frames"]) for line in dead
+    ]
+
+    print(
+        f"\ngood: {sent['sent']} sent, {len(sent['acked'])} acked; garbage: "
+        f"{flooded} sent, {state['bad_frames_kept']} kept, "
+        f"{state['bad_frames_not_kept']} only counted, {state['bad_frames']}"
+    )
+    assert answered, "the broker did not answer the flooding connection"
+    assert sent["sent"] > 0
+    assert sorted(sent["acked"]) == list(range(sent["sent"]))
+    assert set(ids) == {f"0-{i}" for i in range(sent["sent"])}
+    assert sum(state["bad_frames"].values()) == flooded
+    assert set(state["bad_frames"]) == expected_reasons
+    assert state["bad_frames_kept"] + state["bad_frames_not_kept"] == flooded
+    assert len(dead) == state["bad_frames_kept"] > 0
+    assert {line["reason"] for line in dead} == expected_reasons
+    assert all(line["kind"] == "bad_frame" and line["detail"] for line in dead)
+    assert max(kept_bytes) <= 4096
+    assert broker.terminate() == 0
 
 
 @pytest.fixture

@@ -29,7 +29,10 @@ few newer events: order holds except at that boundary.
 
 Refusals that will not pass (record too large, authorization, a topic Kafka
 does not have) are written to the dead-letter file beside the spool, with
-the reason, counted, and logged at most once a minute per topic.
+the reason, counted, and logged at most once a minute per topic. Messages
+that do not decode are counted by reason and kept there too, clipped, at
+most ``BAD_FRAMES_PER_WRITE`` per write and one write at a time, so a flood
+of garbage costs the good traffic one list append per bad message.
 
 Acknowledgments. An event whose sender asked for one is acked when Kafka
 acknowledged the batch holding it (acks=all, so every in-sync replica has
@@ -64,7 +67,7 @@ from aiokafka.errors import KafkaError
 
 from zlog import protocol
 from zlog.broker.config import BrokerConfig
-from zlog.broker.deadletter import DeadLetters
+from zlog.broker.deadletter import BadFrame, DeadLetters, clip_frames
 from zlog.broker.listener import Listener
 from zlog.broker.logs import RateLimiter, get_logger
 from zlog.broker.loss import loss_events
@@ -97,6 +100,11 @@ REPLAY_BYTES = 4 << 20
 # A replay step waits this long at most for Kafka's answers: a backstop only,
 # since the producer fails a batch by itself after send_timeout_s.
 REPLAY_WAIT_LIMIT_S = 120.0
+
+# Bad frames kept by one dead-letter write; while a write is under way, more
+# are only counted. About 1.4 MiB of lines at most, a few ms in the disk
+# thread, which the spool's writes share.
+BAD_FRAMES_PER_WRITE = 256
 
 _Event = protocol.Event
 _Drops = protocol.DropReport
@@ -136,6 +144,10 @@ class Broker:
         self.spooling = False
         self._appending = 0
         self._writes: set[asyncio.Future] = set()
+        # Bad frames waiting for the end of the cycle, and the write of the
+        # previous ones while it is under way.
+        self._bad: list[BadFrame] = []
+        self._bad_write: asyncio.Future | None = None
         self._tasks: list[asyncio.Task] = []
         self._own_seq = 0
         # Set at drain: when the final sweep must end (monotonic s).
@@ -270,7 +282,10 @@ class Broker:
 
     async def _cycle(self, messages: list[list[bytes]]) -> None:
         """Decode one cycle's messages and send its events on."""
-        await self._dispatch(self._decode(messages))
+        pairs = self._decode(messages)
+        if self._bad:
+            self._keep_bad_frames()
+        await self._dispatch(pairs)
 
     def _decode(self, messages: list[list[bytes]]) -> list[_Pair]:
         """The per-event path: decode and count. Kept lean."""
@@ -282,7 +297,7 @@ class Broker:
         for frames in messages:
             message = decode(frames[1:])
             if message.__class__ is not _Event:
-                self._handle_other(frames[0], message)
+                self._handle_other(frames, message)
                 continue
             received[message.event_class] += 1
             note_sequence(message.host, message.pid, message.seq)
@@ -390,16 +405,63 @@ class Broker:
         self._warn("unknown_topic", topic=topic, events=len(pairs))
         self._reject_batch(batch, f"topic {topic!r} does not exist in Kafka")
 
-    def _handle_other(self, identity: bytes, message: object) -> None:
+    def _handle_other(self, frames: list[bytes], message: object) -> None:
         """Status requests, drop reports and frames that did not decode."""
         if message.__class__ is _Status:
             self.stats.status_requests += 1
-            self.reply(identity, protocol.encode_status_reply(self.status_json()))
+            self.reply(frames[0], protocol.encode_status_reply(self.status_json()))
         elif message.__class__ is _Drops:
             self.stats.count_drops(message)
         else:
             self.stats.bad_frames[message.reason] += 1
             self._warn("bad_frame", reason=message.reason, detail=message.detail)
+            if self._bad_write is None and len(self._bad) < BAD_FRAMES_PER_WRITE:
+                self._bad.append(
+                    BadFrame(
+                        message.reason,
+                        message.detail,
+                        frames[0],
+                        len(frames) - 1,
+                        clip_frames(frames[1:]),
+                    )
+                )
+            else:
+                self.stats.bad_frames_not_kept += 1
+
+    def _keep_bad_frames(self) -> None:
+        """Write this cycle's bad frames to the dead-letter file, off the loop."""
+        bad, self._bad = self._bad, []
+        loop = asyncio.get_running_loop()
+        write = loop.run_in_executor(
+            self._disk, self.dead_letters.write_bad_frames, bad
+        )
+        self._bad_write = write
+        self._writes.add(write)
+        write.add_done_callback(lambda done: self._bad_frames_written(done, len(bad)))
+
+    def _bad_frames_written(self, write: asyncio.Future, count: int) -> None:
+        self._bad_write = None
+        self._writes.discard(write)
+        if write.cancelled():
+            return
+        if write.exception() is not None:
+            self.stats.bad_frames_not_kept += count
+            self._warn(
+                "dead_letter_failed",
+                path=str(self.config.dead_letter_path),
+                reason=describe(write.exception()),
+            )
+            return
+        kept = write.result()
+        self.stats.bad_frames_kept += kept
+        self.stats.bad_frames_not_kept += count - kept
+        if kept < count:
+            self._warn(
+                "dead_letter_full",
+                path=str(self.config.dead_letter_path),
+                max_bytes=self.dead_letters.max_bytes,
+                hint="bad frames are only counted until the file is moved away",
+            )
 
     def reply(self, identity: bytes | None, frames: list[bytes]) -> None:
         """Send frames back to one emitter; count it when the emitter is gone."""

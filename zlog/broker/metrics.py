@@ -159,6 +159,16 @@ class _BrokerCollector:
         )
         yield _spool_drops(broker.spool_status.get("drops", {}))
         for name, value, help_text in (
+            (
+                "bad_frames_kept",
+                stats.bad_frames_kept,
+                "Bad messages written to the dead-letter file.",
+            ),
+            (
+                "bad_frames_not_kept",
+                stats.bad_frames_not_kept,
+                "Bad messages only counted: a write was under way or the file full.",
+            ),
             ("acks_sent", stats.acks_sent, "Acks sent to emitters."),
             ("nacks_sent", stats.nacks_sent, "Nacks sent to emitters."),
             (

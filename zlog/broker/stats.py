@@ -60,6 +60,10 @@ class Stats:
         # zlog.loss events the broker made itself.
         self.generated = 0
         self.bad_frames: Counter[str] = Counter()
+        # Bad frames written to the dead-letter file, and those only counted
+        # (a write was under way, or the file reached its size).
+        self.bad_frames_kept = 0
+        self.bad_frames_not_kept = 0
         self.acks_sent = 0
         self.nacks_sent = 0
         self.replies_undeliverable = 0
@@ -137,6 +141,8 @@ class Stats:
             "losses_reported": dict(self.losses.reported),
             "totals": self.summary(),
             "bad_frames": dict(self.bad_frames),
+            "bad_frames_kept": self.bad_frames_kept,
+            "bad_frames_not_kept": self.bad_frames_not_kept,
             "emitter_drops": {o: dict(c) for o, c in self.emitter_drops.items()},
             "emitter_drops_total": self.drops_total(),
             "connections": self.connections,
