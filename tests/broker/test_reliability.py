@@ -7,6 +7,7 @@ every process it started.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from conftest import broker_answers
 from kafka_helpers import consume
 
@@ -382,6 +384,118 @@ def test_garbage_is_dead_lettered_while_good_traffic_flows(
     assert all(line["kind"] == "bad_frame" and line["detail"] for line in dead)
     assert max(kept_bytes) <= 4096
     assert broker.terminate() == 0
+
+
+def create_topic(bootstrap: str, topic: str, **configs: str) -> None:
+    """Create a one-partition topic with the given topic configs."""
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 1, 1, topic_configs=configs)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+
+
+def send_to_topic(socket_path: Path, topic: str, values: list[bytes]) -> dict:
+    """Send acked events naming ``topic``, each after the last one's reply.
+
+    One at a time: Kafka refuses a whole batch, so an event sharing a too
+    large one's batch would be refused with it. Returns seq -> (kind, body).
+    """
+    replies = {}
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(f"ipc://{socket_path}")
+    for seq, value in enumerate(values, start=1):
+        frames = protocol.encode_event(
+            EventClass.TOPIC,
+            value,
+            host=b"test",
+            pid=99,
+            seq=seq,
+            topic=topic.encode(),
+            wants_ack=True,
+        )
+        dealer.send_multipart(frames)
+        if dealer.poll(10_000):
+            reply = protocol.decode_reply(dealer.recv_multipart())
+            replies[reply.seq] = (reply.kind, reply.body.decode())
+    dealer.close(linger=0)
+    context.term()
+
+    return replies
+
+
+def too_large() -> bytes:
+    """An envelope over 2 KiB whatever the compression: random bytes, base64."""
+    return b'{"id":"big","pad":"%s"}' % base64.b64encode(os.urandom(6000))
+
+
+def test_record_too_large_is_nacked_dead_lettered_and_not_retried(
+    start_broker, topics, kafka_bootstrap
+):
+    """An event over its topic's max.message.bytes: one log line naming the
+    topic and reason, counted, nacked, dead-lettered; other events go on.
+    """
+    small_topic = f"{topics.application}.small"
+    create_topic(kafka_bootstrap, small_topic, **{"max.message.bytes": "2048"})
+    broker = start_broker()
+    sender = AckingSender(broker.socket_path, proc=5)
+
+    sender.send(200)
+    replies = send_to_topic(broker.socket_path, small_topic, [too_large()])
+    sender.send(200)
+    sender.settle(30)
+    sender.close()
+    state = status(broker.socket_path)
+    records = consume(kafka_bootstrap, [*topics.all(), small_topic], 400)
+    ids = ids_of(records)
+    rejected = [
+        line for line in log_lines(broker.stderr()) if line["event"] == "kafka_rejected"
+    ]
+    dead = log_lines(Path(state["dead_letter_path"]).read_text())
+
+    print(f"\nnack: {replies[1]}, log: {rejected}, counts: {state['dead_lettered']}")
+    assert replies[1][0] is protocol.Kind.NACK
+    assert "MessageSizeTooLarge" in replies[1][1]
+    assert len(sender.acked) == sender.sent == 400
+    assert len(rejected) == 1
+    assert rejected[0]["topic"] == small_topic
+    assert "MessageSizeTooLarge" in rejected[0]["reason"]
+    assert state["dead_lettered"] == {"MessageSizeTooLargeError": 1}
+    assert state["failed"]["topic"] == 1
+    assert [(d["kind"], d["topic"]) for d in dead] == [("event", small_topic)]
+    assert json.loads(dead[0]["value"])["id"] == "big"
+    assert "big" not in ids
+    assert len(ids) == 400 and sum(ids.values()) == 400
+    assert state["kafka"]["state"] == "connected"
+    assert broker.terminate() == 0
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="about one run in seven, the next event of a partition whose batch "
+    "Kafka refused as too large is received but never settled (not published, "
+    "not failed, not in flight); cause not found",
+)
+def test_partition_goes_on_after_a_batch_refused_as_too_large(
+    start_broker, topics, kafka_bootstrap
+):
+    """The event after a refused one, in the same partition, is published."""
+    small_topic = f"{topics.application}.small"
+    create_topic(kafka_bootstrap, small_topic, **{"max.message.bytes": "2048"})
+    broker = start_broker()
+
+    replies = send_to_topic(
+        broker.socket_path, small_topic, [too_large(), b'{"id":"ok"}']
+    )
+
+    assert replies[1][0] is protocol.Kind.NACK
+    assert replies.get(2, (None,))[0] is protocol.Kind.ACK
 
 
 @pytest.fixture
