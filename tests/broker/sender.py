@@ -8,7 +8,8 @@ Run as a script by the integration tests (one process per simulated worker)::
 Every event is derived from (PROC, i) by ``make_event``, so a test can rebuild
 what each record in Kafka must look like from the id inside it. A paced
 sender asks an ack for every event, sends RATE events a second for SECONDS,
-waits for the last replies, and writes the numbers acked and nacked to FILE.
+waits for the last replies, and writes the numbers acked and nacked to FILE
+(``{proc}`` in it is replaced by PROC, so several senders share one flag).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ if __name__ == "__main__":
     if args.paced:
         rate, seconds = args.paced
         result = send_paced(args.socket, args.proc, int(rate), seconds)
-        with open(args.report, "w") as report:
+        with open(args.report.format(proc=args.proc), "w") as report:
             json.dump(result, report)
         sys.exit(0)
     sys.exit(send(args.socket, args.proc, args.count, args.ack_last, args.forever))
