@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from zlog.tools import status as status_tool
 from zlog.tools.status import EXIT_DEGRADED, EXIT_HEALTHY, EXIT_NO_BROKER
 
 SENDER = str(Path(__file__).parents[1] / "broker" / "sender.py")
@@ -44,7 +45,8 @@ def test_healthy_broker_prints_a_summary_and_exits_0(start_broker):
     assert lines["loss"].startswith("0 dropped by emitters, 0 missing")
     assert lines["health"] == "healthy"
     assert lines["emitters"].endswith("1 origins (host, pid) seen")
-    assert "events/s in" in lines["rates"]
+    # A broker younger than its first rate sample says so instead of "0/s".
+    assert "events/s in" in lines["rates"] or "not measured yet" in lines["rates"]
 
 
 @pytest.mark.kafka
@@ -121,3 +123,25 @@ def test_open_emitter_connections_are_counted(start_broker):
         context.term()
 
     assert wait_for_connections(broker.socket_path, lambda n: n <= 1) >= 0
+
+
+@pytest.mark.parametrize(
+    ("rates", "expected"),
+    [
+        pytest.param({}, "rates     not measured yet", id="before-first-sample"),
+        pytest.param(
+            {
+                "received_per_s": 1500.4,
+                "published_per_s": 1499.6,
+                "spooled_per_s": 0.0,
+                "interval_s": 5.0,
+            },
+            "rates     1,500 events/s in, 1,500/s to Kafka, 0/s to the spool "
+            "(over the last 5 s)",
+            id="sampled",
+        ),
+    ],
+)
+def test_rates_line_says_when_nothing_was_measured_yet(rates, expected):
+    """Before the first sample the summary says so rather than showing zeros."""
+    assert status_tool._rates_line(rates).startswith(expected)

@@ -72,9 +72,7 @@ def summary(status: dict[str, Any]) -> str:
         f"({_duration(status['uptime_s'])})",
         f"kafka     {kafka['state']} ({kafka['bootstrap_servers']})"
         + (f", last error: {kafka['last_error']}" if kafka.get("last_error") else ""),
-        f"rates     {rates.get('received_per_s', 0):,.0f} events/s in, "
-        f"{rates.get('published_per_s', 0):,.0f}/s to Kafka, "
-        f"{rates.get('spooled_per_s', 0):,.0f}/s to the spool",
+        _rates_line(rates),
         f"totals    {totals['received']:,} received, {totals['published']:,} "
         f"published, {totals['spooled']:,} spooled, {totals['replayed']:,} "
         f"replayed, {totals['failed']:,} failed, {totals['dead_lettered']:,} "
@@ -124,3 +122,17 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(status, indent=2) if args.json else summary(status))
 
     return health(status)[0]
+
+
+def _rates_line(rates: dict) -> str:
+    # The broker works out its first rates a few seconds after it starts;
+    # until then a zero would read as "idle".
+    if "interval_s" not in rates:
+        return "rates     not measured yet (the first sample comes 5 s after start)"
+
+    return (
+        f"rates     {rates['received_per_s']:,.0f} events/s in, "
+        f"{rates['published_per_s']:,.0f}/s to Kafka, "
+        f"{rates['spooled_per_s']:,.0f}/s to the spool "
+        f"(over the last {rates['interval_s']:.0f} s)"
+    )
