@@ -20,10 +20,9 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from zlog.endpoint import request_status as broker_answers
 
-from conftest import broker_answers  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SENDER = ROOT / "tests" / "broker" / "sender.py"
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -41,9 +40,8 @@ from pathlib import Path
 import measure
 import report
 import rsyslog
-import zmq
 
-from zlog import protocol
+from zlog.endpoint import request_status
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "worker.py"
@@ -170,20 +168,9 @@ def answers_status(socket_path: Path) -> bool:
 
 def broker_status(socket_path: Path, timeout_s: float = 1.0) -> dict | None:
     """The broker's status document, or None when it does not answer."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.linger = 0
-    try:
-        sock.connect(f"ipc://{socket_path}")
-        sock.send_multipart(protocol.encode_status_request(os.getpid()))
-        if not sock.poll(int(timeout_s * 1000)):
-            return None
-        reply = protocol.decode_reply(sock.recv_multipart())
-    finally:
-        sock.close()
-    if isinstance(reply, protocol.FrameError):
-        return None
+    body = request_status(socket_path, timeout_s)
 
-    return json.loads(reply.body)
+    return None if body is None else json.loads(body)
 
 
 def broker_counts(status: dict | None) -> dict:

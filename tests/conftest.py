@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import zmq
 
-from zlog import protocol
+from zlog.endpoint import request_status as broker_answers
 
 DEFAULT_TEST_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -111,25 +110,6 @@ def socket_dir() -> Iterator[Path]:
 def socket_path(socket_dir: Path) -> Path:
     """A socket path no other test uses."""
     return socket_dir / "broker.sock"
-
-
-def broker_answers(socket_path: Path, timeout_s: float = 1.0) -> bytes | None:
-    """Send a status request; return the status body, or None on no answer."""
-    context = zmq.Context.instance()
-    sock = context.socket(zmq.DEALER)
-    sock.linger = 0
-    try:
-        sock.connect(f"ipc://{socket_path}")
-        sock.send_multipart(protocol.encode_status_request(os.getpid()))
-        if not sock.poll(int(timeout_s * 1000)):
-            return None
-        reply = protocol.decode_reply(sock.recv_multipart())
-    finally:
-        sock.close()
-    if isinstance(reply, protocol.FrameError):
-        return None
-
-    return reply.body
 
 
 @pytest.fixture

@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import zmq
+
+from zlog import protocol
 from zlog.errors import SocketPathError
 
 __all__ = [
@@ -19,6 +22,7 @@ __all__ = [
     "check_socket_path",
     "default_socket_path",
     "ipc_endpoint",
+    "request_status",
     "resolve_socket_path",
 ]
 
@@ -66,3 +70,30 @@ def check_socket_path(path: Path) -> None:
 def ipc_endpoint(path: Path) -> str:
     """The ZeroMQ endpoint for a socket path."""
     return f"ipc://{path}"
+
+
+def request_status(
+    path: Path, timeout_s: float = 1.0, *, context: zmq.Context | None = None
+) -> bytes | None:
+    """Ask whoever serves ``path`` for its status document.
+
+    Returns the document (JSON bytes), or None when nothing answers within
+    ``timeout_s`` or the answer does not decode. The broker uses it to find a
+    live predecessor; ``zlog status``, the demo and the tests to find a ready
+    broker.
+    """
+    context = context or zmq.Context.instance()
+    sock = context.socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        sock.connect(ipc_endpoint(path))
+        sock.send_multipart(protocol.encode_status_request(os.getpid()))
+        if not sock.poll(int(timeout_s * 1000)):
+            return None
+        reply = protocol.decode_reply(sock.recv_multipart())
+    finally:
+        sock.close()
+    if isinstance(reply, protocol.FrameError):
+        return None
+
+    return reply.body

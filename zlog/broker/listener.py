@@ -25,11 +25,10 @@ from pathlib import Path
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zlog import protocol
-from zlog.endpoint import check_socket_path, ipc_endpoint
+from zlog.endpoint import check_socket_path, ipc_endpoint, request_status
 from zlog.errors import BrokerRunningError, SocketPathError
 
-__all__ = ["Connections", "Listener", "probe_status"]
+__all__ = ["Connections", "Listener"]
 
 # Mode of a socket directory the broker creates: group members may reach the
 # socket inside, others may not list it.
@@ -47,24 +46,6 @@ CLOSE_LINGER_MS = 1000
 # default of 1000 would drop acks of a busy emitter; 65,536 small replies
 # cost a few MB at most for an emitter that never reads them.
 REPLY_HWM = 65_536
-
-
-def probe_status(context: zmq.Context, path: Path, timeout_s: float) -> bytes | None:
-    """Ask the socket at ``path`` for its status; None when nobody answers."""
-    probe = context.socket(zmq.DEALER)
-    probe.linger = 0
-    try:
-        probe.connect(ipc_endpoint(path))
-        probe.send_multipart(protocol.encode_status_request(os.getpid()))
-        if not probe.poll(int(timeout_s * 1000)):
-            return None
-        reply = protocol.decode_reply(probe.recv_multipart())
-    finally:
-        probe.close()
-    if isinstance(reply, protocol.FrameError):
-        return None
-
-    return reply.body
 
 
 class Listener:
@@ -172,7 +153,7 @@ class Listener:
             )
         # A broker predating the lock, or one whose lock file was deleted, may
         # still answer; it is never replaced.
-        if probe_status(self.context, self.path, PROBE_TIMEOUT_S) is not None:
+        if request_status(self.path, PROBE_TIMEOUT_S, context=self.context) is not None:
             raise BrokerRunningError(
                 f"a live broker already answers on {str(self.path)!r}; "
                 "stop it first or choose another --socket"

@@ -7,7 +7,6 @@ SIGTERM, which makes it drain what it received into Kafka before it exits.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,13 +14,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zlog import protocol
+from zlog.endpoint import request_status
 from zlog.errors import BrokerUnavailable
 
 __all__ = [
     "BrokerProcess",
     "Topics",
-    "broker_answers",
     "create_topics",
     "delete_topics",
 ]
@@ -48,24 +46,6 @@ class Topics:
             "audit": self.audit,
             "security": self.security,
         }
-
-
-def broker_answers(socket_path: Path, timeout_s: float = 1.0) -> bool:
-    """True when a broker answers a status request on ``socket_path``."""
-    import zmq
-
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.linger = 0
-    try:
-        sock.connect(f"ipc://{socket_path}")
-        sock.send_multipart(protocol.encode_status_request(os.getpid()))
-        if not sock.poll(int(timeout_s * 1000)):
-            return False
-        reply = protocol.decode_reply(sock.recv_multipart())
-    finally:
-        sock.close()
-
-    return not isinstance(reply, protocol.FrameError)
 
 
 class BrokerProcess:
@@ -115,7 +95,10 @@ class BrokerProcess:
                     f"zlog broker exited with {self.process.returncode} on start; "
                     f"its log is {self.log_path}"
                 )
-            if self.socket_path.exists() and broker_answers(self.socket_path):
+            if (
+                self.socket_path.exists()
+                and request_status(self.socket_path) is not None
+            ):
                 return
             time.sleep(0.1)
         raise BrokerUnavailable(

@@ -104,17 +104,10 @@ def _duration(seconds: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the broker's status; the exit code says how healthy it is."""
-    import zmq
-
-    from zlog.broker.listener import probe_status
-    from zlog.endpoint import resolve_socket_path
+    from zlog.endpoint import request_status, resolve_socket_path
 
     path = resolve_socket_path(args.socket)
-    context = zmq.Context()
-    try:
-        body = probe_status(context, path, args.timeout_s) if path.exists() else None
-    finally:
-        context.term()
+    body = request_status(path, args.timeout_s) if path.exists() else None
     if body is None:
         print(f"zlog status: no broker answers on {str(path)!r}", file=sys.stderr)
         return EXIT_NO_BROKER
