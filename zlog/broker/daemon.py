@@ -101,6 +101,9 @@ REPLAY_BYTES = 4 << 20
 # since the producer fails a batch by itself after send_timeout_s.
 REPLAY_WAIT_LIMIT_S = 120.0
 
+# An idle receive loop looks at the socket this often even without a wakeup.
+IDLE_RECHECK_S = 0.5
+
 # Bad frames kept by one dead-letter write; while a write is under way, more
 # are only counted. About 1.4 MiB of lines at most, a few ms in the disk
 # thread, which the spool's writes share.
@@ -258,9 +261,20 @@ class Broker:
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 self._readable.clear()
                 if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    await self._readable.wait()
+                    await self._wait_readable()
                 continue
             await self._cycle(self._take())
+
+    async def _wait_readable(self) -> None:
+        """Sleep until the socket may hold messages.
+
+        Every send on the socket also drains its command queue, which can take
+        the descriptor's edge for a message that arrived meanwhile; ``reply``
+        wakes this loop for that reason. The timeout is a backstop: an edge
+        lost some other way costs at most ``IDLE_RECHECK_S``, never a stall.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._readable.wait(), IDLE_RECHECK_S)
 
     def _take(self) -> list[list[bytes]]:
         """Messages waiting in the socket, up to the cycle's caps."""
@@ -471,6 +485,8 @@ class Broker:
             self.socket.send_multipart([identity, *frames], zmq.NOBLOCK)
         except zmq.ZMQError:
             self.stats.replies_undeliverable += 1
+        # The send may have consumed the edge of a message now waiting.
+        self._readable.set()
 
     async def _on_disk(self, function, *args):
         """Run a spool or dead-letter call in the disk thread."""
