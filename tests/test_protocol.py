@@ -142,7 +142,7 @@ def test_status_request_decodes_with_its_pid():
 
 
 def _with_head(**fields) -> list[bytes]:
-    values = {"version": 1, "kind": 1, "cls": 1, "flags": 0}
+    values = {"version": protocol.PROTOCOL_VERSION, "kind": 1, "cls": 1, "flags": 0}
     values.update(fields)
     head = HEAD.pack(
         values["version"], values["kind"], values["cls"], values["flags"], 1, 1
@@ -159,14 +159,26 @@ def _with_head(**fields) -> list[bytes]:
         pytest.param([], "bad_frame_count", id="empty"),
         pytest.param([b"short"], "bad_head", id="short-head"),
         pytest.param(
-            [event_frames()[0][: HEAD.size + 3], b"{}"],
-            "bad_head",
-            id="routing-cut-short",
+            [event_frames()[0][: HEAD.size + 3]], "bad_head", id="routing-cut-short"
+        ),
+        pytest.param(
+            [event_frames()[0][: HEAD.size + 12]], "bad_head", id="headers-cut-short"
         ),
         pytest.param(_with_head(version=9), "bad_version", id="future-version"),
         pytest.param(_with_head(kind=16), "bad_kind", id="reply-kind-sent-to-broker"),
         pytest.param(_with_head(cls=9), "bad_class", id="unknown-class"),
-        pytest.param(event_frames()[:1], "bad_frame_count", id="missing-envelope"),
+        pytest.param([*event_frames(), b"{}"], "bad_frame_count", id="extra-frame"),
+        pytest.param(
+            [*event_frames(value=b""), b"{}"],
+            "bad_frame_count",
+            id="envelope-in-a-frame-of-its-own",
+        ),
+        pytest.param(event_frames(value=b""), "bad_envelope", id="missing-envelope"),
+        pytest.param(
+            event_frames(event_class=EventClass.TOPIC),
+            "bad_topic",
+            id="topic-class-without-topic",
+        ),
         pytest.param(event_frames(host=b"\xff"), "bad_host", id="host-not-utf8"),
         pytest.param(
             event_frames(topic=b"some.topic"), "bad_topic", id="topic-with-class"
@@ -227,10 +239,11 @@ def test_decode_never_raises_on_arbitrary_frames(frames):
     st.integers(0, 255),
 )
 def test_decode_never_raises_behind_a_valid_head(rest, kind, event_class, flags):
-    """Garbage behind a well-formed head is refused without raising."""
+    """Garbage behind a well-formed head, in its frame or after it, is refused
+    without raising."""
     head = HEAD.pack(protocol.PROTOCOL_VERSION, kind, event_class, flags, 1, 1)
 
-    decoded = protocol.decode([head, *rest])
+    decoded = protocol.decode([head + b"".join(rest[:1]), *rest[1:]])
 
     assert isinstance(decoded, Event | DropReport | StatusRequest | FrameError)
 

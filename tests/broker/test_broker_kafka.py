@@ -140,9 +140,10 @@ def test_bad_frames_are_counted_and_good_traffic_continues(
     good = protocol.encode_event(
         EventClass.APPLICATION, b'{"id":"good"}', host=b"h", pid=1, seq=1
     )
-    bad_version = [b"\x09" + good[0][1:], *good[1:]]
+    bad_version = [b"\x09" + good[0][1:]]
+    extra_frame = [*good, b"{}"]
 
-    for frames in ([b"junk"], good, bad_version, good[:1], good):
+    for frames in ([b"junk"], good, bad_version, extra_frame, good):
         dealer.send_multipart(frames)
     dealer.close(linger=-1)
     records = consume(kafka_bootstrap, [topics.application], 2, timeout_s=20)

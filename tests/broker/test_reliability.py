@@ -316,15 +316,15 @@ def test_sigterm_under_load_with_kafka_away_loses_nothing(
 def garbage() -> list[list[bytes]]:
     """One message of each kind of bad input a local process can send."""
     good = protocol.encode_event(EventClass.AUDIT, b"{}", host=b"g", pid=1, seq=1)
-    head = good[0]
+    (frame,) = good
 
     return [
         [b"junk"],
-        [b"\x09" + head[1:], good[1]],
-        [head[:1] + b"\x63" + head[2:], good[1]],
-        [head, *[b""] * 50],
+        [b"\x09" + frame[1:]],
+        [frame[:1] + b"\x63" + frame[2:]],
+        [frame, *[b""] * 50],
         [*good, b"extra"],
-        [head, os.urandom(20_000)],
+        [frame[: protocol.HEAD.size] + os.urandom(20_000)],
         [b""],
     ]
 
