@@ -57,6 +57,22 @@ def test_repeated_library_messages_are_rate_limited():
     ]
 
 
+def test_library_complaints_about_one_topic_are_left_to_the_broker():
+    """aiokafka's per-topic metadata errors are dropped: the broker reports
+    such a topic itself, with the reason, so it is named once, not twice.
+    """
+    logger = library_logger(JsonLogHandler())
+
+    with capture_logs() as logs:
+        logger.error("Topic %s not found in cluster metadata", "t.missing")
+        logger.error("Topic %s is not authorized for this client", "t.hidden")
+        logger.error("Unable to update metadata from %s", [1])
+
+    assert [entry["message"] for entry in logs] == [
+        "Unable to update metadata from [1]"
+    ]
+
+
 def test_library_debug_and_info_are_not_logged():
     """Only warnings and errors of the library reach the broker's log."""
     handler = JsonLogHandler()

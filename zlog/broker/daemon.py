@@ -82,6 +82,7 @@ from zlog.broker.publisher import (
 from zlog.broker.routing import Routes
 from zlog.broker.spool import DropPolicy, Spool, SpoolError
 from zlog.broker.stats import CLASS_NAMES, Stats, spool_status
+from zlog.errors import ConfigError
 
 __all__ = ["Broker", "run_broker"]
 
@@ -218,6 +219,17 @@ class Broker:
         """Start the producer; when Kafka is unreachable, spool and say so."""
         try:
             await self.publisher.start()
+        except ConfigError as exc:
+            # A topic Kafka lacks or refuses: fatal at start, where the
+            # operator sees it; later the spool keeps what arrives meanwhile.
+            if self.state == "starting":
+                raise
+            self._warn(
+                "kafka_refused",
+                reason=str(exc),
+                hint="events are spooled until this is fixed",
+            )
+            return False
         except (KafkaError, TimeoutError, OSError) as exc:
             self.spooling = True
             self.publisher.last_error = describe(exc)
@@ -439,15 +451,18 @@ class Broker:
                 _add(batch, identity, message, now_ms)
 
     def _refuse_unknown_topic(self, topic: str, pairs: list[_Pair]) -> None:
-        """Dead-letter events for a topic Kafka lacks; spool them if Kafka is away."""
+        """Dead-letter events for a topic Kafka lacks or refuses (spool: Kafka away)."""
         batch = OpenBatch(None, topic, -1)
         for identity, message in pairs:
             _count_into(batch, identity, message)
         if self.publisher.kafka_state != "connected":
             self._spill_batch(batch, "topic metadata unavailable")
             return
-        self._warn("unknown_topic", topic=topic, events=len(pairs))
-        self._reject_batch(batch, f"topic {topic!r} does not exist in Kafka")
+        reason = self.publisher.refusal(topic)
+        self._warn(
+            "kafka_rejected", per=topic, topic=topic, events=len(pairs), reason=reason
+        )
+        self._reject_batch(batch, reason)
 
     def _handle_other(self, frames: list[bytes], message: object) -> None:
         """Status requests, drop reports and frames that did not decode."""
@@ -692,11 +707,7 @@ class Broker:
                 continue  # known now: the next step routes them
             if self.publisher.kafka_state != "connected":
                 continue
-            batch = OpenBatch(None, topic, -1)
-            for identity, event in pairs:
-                _count_into(batch, identity, event)
-            self._warn("unknown_topic", topic=topic, events=len(pairs))
-            self._reject_batch(batch, f"topic {topic!r} does not exist in Kafka")
+            self._refuse_unknown_topic(topic, pairs)
             ids += [by_event[id(event)] for _, event in pairs]
 
         return ids
@@ -748,8 +759,9 @@ class Broker:
 
         return json.dumps(status, separators=(",", ":")).encode()
 
-    def _warn(self, event: str, **fields: object) -> None:
-        suppressed = self.warnings.allow(event)
+    def _warn(self, event: str, per: str = "", **fields: object) -> None:
+        """Log a warning at most once a minute per event (and ``per`` value)."""
+        suppressed = self.warnings.allow(f"{event}:{per}")
         if suppressed is not None:
             self.log.warning(event, similar_suppressed=suppressed, **fields)
 

@@ -28,6 +28,16 @@ DEFAULT_WARNING_INTERVAL_S = 60.0
 # Standard-library loggers whose records the broker takes into its own log.
 LIBRARY_LOGGERS = ("aiokafka",)
 
+# aiokafka's complaints about one topic's metadata, left out: the broker says
+# the same itself, once per topic with the reason and the events refused
+# (``kafka_rejected``), or refuses to start naming its own topic.
+REPORTED_BY_THE_BROKER = frozenset(
+    {
+        "Topic %s not found in cluster metadata",
+        "Topic %s is not authorized for this client",
+    }
+)
+
 
 def configure_logging(level: int = logging.INFO) -> None:
     """Send structlog output to stderr as one JSON object per line."""
@@ -89,6 +99,8 @@ class JsonLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Log ``record`` as one JSON line, unless its kind was seen lately."""
+        if record.msg in REPORTED_BY_THE_BROKER:
+            return
         try:
             suppressed = self.limiter.allow(f"{record.name}:{record.msg}")
             if suppressed is None:

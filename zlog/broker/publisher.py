@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 
 from zlog import protocol
 from zlog.broker.config import BrokerConfig
@@ -35,15 +40,20 @@ from zlog.errors import ConfigError
 
 __all__ = ["OpenBatch", "Publisher"]
 
-# Kafka's error code for a topic that exists already.
+# Kafka's error codes for a topic that exists already, that it does not
+# have, and that it will not show or take from this client.
 _TOPIC_ALREADY_EXISTS = 36
+_UNKNOWN_TOPIC = UnknownTopicOrPartitionError.errno
+_TOPIC_NOT_AUTHORIZED = TopicAuthorizationFailedError.errno
 
 # A topic an event named but Kafka does not know is not looked up again for
 # this long, so a misconfigured emitter cannot stall the loop every cycle.
 UNKNOWN_TOPIC_RETRY_S = 30.0
 
-# How long one metadata lookup for an unknown topic may hold the loop.
+# How long one metadata lookup for an unknown topic may hold the loop, and
+# how often a lookup at start asks again.
 TOPIC_LOOKUP_TIMEOUT_S = 2.0
+TOPIC_LOOKUP_INTERVAL_S = 0.2
 
 # Partition counts can grow; the key -> partition cache is rebuilt this often.
 PARTITION_CACHE_TTL_S = 60.0
@@ -116,16 +126,16 @@ class Publisher:
         # topic -> key -> partition; None maps to this cycle's sticky partition.
         self._partitions: dict[str, dict[bytes | None, int]] = {}
         self._partitions_built = time.monotonic()
-        self._unknown_topics: dict[str, float] = {}
+        # topic -> (monotonic s when to look it up again, why it was refused)
+        self._unknown_topics: dict[str, tuple[float, str]] = {}
         self._in_flight: dict[asyncio.Future, OpenBatch] = {}
         # Called with (events, seconds to Kafka's ack) per acknowledged batch.
         self.on_batch_acked: Callable[[int, float], None] | None = None
 
     async def start(self) -> None:
-        """Create the topics if allowed, connect, and learn their partitions."""
+        """Create the topics if allowed, check them, connect, learn their partitions."""
         config = self.config
-        if config.create_topics:
-            await self._ensure_topics()
+        await self._prepare_topics()
         producer = AIOKafkaProducer(
             **config.kafka_client_options(),
             acks="all" if config.acks == "all" else int(config.acks),
@@ -156,29 +166,73 @@ class Publisher:
         """Whether a producer is running (Kafka may still be failing)."""
         return self.producer is not None
 
-    async def _ensure_topics(self) -> None:
+    async def _prepare_topics(self) -> None:
+        """Create the topics if allowed, then check Kafka shows them to us.
+
+        A topic Kafka lacks or refuses to this client is a ConfigError naming
+        the topic and the fix: the operator must act, waiting will not help.
+        """
         admin = AIOKafkaAdminClient(
             **self.config.kafka_client_options(), client_id="zlog-broker"
         )
         await admin.start()
         try:
-            new_topics = [
-                NewTopic(
-                    topic,
-                    self.config.topic_partitions,
-                    self.config.topic_replication,
-                )
-                for topic in self.config.topics
-            ]
-            response = await admin.create_topics(new_topics)
+            if self.config.create_topics:
+                await self._ensure_topics(admin)
+            codes = await self._describe_topics(admin)
         finally:
             await admin.close()
+        for topic, code in codes.items():
+            self._check_topic(topic, code)
+
+    async def _describe_topics(self, admin: AIOKafkaAdminClient) -> dict[str, int]:
+        """Kafka's error code for each topic, 0 when it is there.
+
+        A Kafka that creates topics on a metadata request answers "unknown"
+        the first time, so an unknown topic is asked for again for a moment.
+        """
+        deadline = time.monotonic() + TOPIC_LOOKUP_TIMEOUT_S
+        while True:
+            described = await admin.describe_topics(list(self.config.topics))
+            codes = {entry["topic"]: entry["error_code"] for entry in described}
+            if _UNKNOWN_TOPIC not in codes.values() or time.monotonic() > deadline:
+                return codes
+            await asyncio.sleep(TOPIC_LOOKUP_INTERVAL_S)
+
+    async def _ensure_topics(self, admin: AIOKafkaAdminClient) -> None:
+        new_topics = [
+            NewTopic(topic, self.config.topic_partitions, self.config.topic_replication)
+            for topic in self.config.topics
+        ]
+        response = await admin.create_topics(new_topics)
         for topic, code, message in _topic_errors(response):
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
+            # Not allowed to create: the topic may exist all the same, which
+            # the check after this tells.
+            if code not in (0, _TOPIC_ALREADY_EXISTS, _TOPIC_NOT_AUTHORIZED):
                 raise ConfigError(
                     f"cannot create topic {topic!r} (Kafka error {code}: "
                     f"{message}); create it yourself or pass --no-create-topics"
                 )
+
+    def _check_topic(self, topic: str, code: int) -> None:
+        if code == _UNKNOWN_TOPIC:
+            raise ConfigError(
+                f"topic {topic!r} does not exist in Kafka and the broker does not "
+                f"create topics; create it or pass --create-topics"
+            )
+        if code == _TOPIC_NOT_AUTHORIZED:
+            raise ConfigError(
+                f"Kafka refuses topic {topic!r} to {self.principal()} (topic "
+                f"authorization failed): grant it WRITE and DESCRIBE on the topic, "
+                f"and CREATE if the broker should create it"
+            )
+
+    def principal(self) -> str:
+        """Who the broker is to Kafka, as an ACL names it."""
+        if self.config.sasl_username:
+            return f"User:{self.config.sasl_username}"
+
+        return "the broker's Kafka principal"
 
     def partition_map(self, topic: str) -> dict[bytes | None, int] | None:
         """The key -> partition cache of a topic Kafka knows, else None."""
@@ -208,20 +262,41 @@ class Publisher:
         return OpenBatch(self.producer.create_batch(), topic, partition)
 
     async def resolve_topic(self, topic: str) -> bool:
-        """Fetch metadata for a topic an event named; False when Kafka lacks it."""
-        retry_at = self._unknown_topics.get(topic)
-        if retry_at is not None and time.monotonic() < retry_at:
+        """Fetch metadata for a topic an event named; False when Kafka lacks it.
+
+        ``refusal`` then says why: Kafka does not have the topic, or will not
+        show it to this client.
+        """
+        looked_up = self._unknown_topics.get(topic)
+        if looked_up is not None and time.monotonic() < looked_up[0]:
             return False
         try:
             await asyncio.wait_for(
                 self.producer.partitions_for(topic), TOPIC_LOOKUP_TIMEOUT_S
             )
+        except TopicAuthorizationFailedError:
+            self._remember_refusal(
+                topic,
+                f"TopicAuthorizationFailedError: Kafka refuses topic {topic!r} "
+                f"to {self.principal()}",
+            )
+            return False
         except (KafkaError, TimeoutError):
-            self._unknown_topics[topic] = time.monotonic() + UNKNOWN_TOPIC_RETRY_S
+            self._remember_refusal(topic, _missing(topic))
             return False
         self._unknown_topics.pop(topic, None)
 
         return self.partition_map(topic) is not None
+
+    def refusal(self, topic: str) -> str:
+        """Why the last lookup of ``topic`` failed, as a dead-letter reason."""
+        looked_up = self._unknown_topics.get(topic)
+
+        return looked_up[1] if looked_up is not None else _missing(topic)
+
+    def _remember_refusal(self, topic: str, reason: str) -> None:
+        retry_at = time.monotonic() + UNKNOWN_TOPIC_RETRY_S
+        self._unknown_topics[topic] = (retry_at, reason)
 
     def end_cycle(self) -> None:
         """Move keyless events to another partition and age the partition cache."""
@@ -362,6 +437,13 @@ class Publisher:
             "batches_in_flight": len(self._in_flight),
             "last_error": self.last_error,
         }
+
+
+def _missing(topic: str) -> str:
+    return (
+        f"UnknownTopicOrPartitionError: topic {topic!r} does not exist in Kafka "
+        f"(no metadata within {TOPIC_LOOKUP_TIMEOUT_S:g} s)"
+    )
 
 
 def _topic_errors(response: object) -> list[tuple[str, int, str]]:
