@@ -61,8 +61,11 @@ DEFAULT_TOPIC_PARTITIONS = 3
 DEFAULT_TOPIC_REPLICATION = 1
 
 # The old code lingered 20 ms per send_and_wait. The broker batches by draining
-# its socket instead, so a short linger only merges light traffic.
-DEFAULT_LINGER_MS = 5
+# its socket instead, and aiokafka keeps one request in flight per Kafka node,
+# so batches grow by themselves while Kafka answers: a linger only adds its
+# own time. Measured at 10,000 events/s: 5 ms gave batches a Kafka round trip
+# of 19 ms on average, 0 ms gave 6 ms.
+DEFAULT_LINGER_MS = 0
 
 # Half of Kafka's default message.max.bytes (1 MiB + 12), measured before
 # compression, so a full batch always fits a request.
