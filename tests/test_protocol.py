@@ -199,6 +199,11 @@ def _with_head(**fields) -> list[bytes]:
             id="key-too-long",
         ),
         pytest.param(event_frames(headers=b"\x00\x05ab"), "bad_headers", id="headers"),
+        pytest.param(
+            event_frames(headers=b"\x00\x00\x00\x00\x00\x00"),
+            "bad_headers",
+            id="header-without-name",
+        ),
         pytest.param(event_frames(value=b"[1]"), "bad_envelope", id="not-object"),
         pytest.param(event_frames(value=b'{"\xff"}'), "bad_envelope", id="not-utf8"),
         pytest.param(

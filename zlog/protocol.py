@@ -93,6 +93,8 @@ MAX_HOST_BYTES = 255
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
+_unpack_u16 = _U16.unpack_from
+_unpack_u32 = _U32.unpack_from
 
 
 class Kind(enum.IntEnum):
@@ -182,19 +184,18 @@ def decode_headers(data: bytes) -> list[tuple[str, bytes]] | FrameError:
     headers = []
     offset = 0
     end = len(data)
+    unpack_u16 = _unpack_u16
+    unpack_u32 = _unpack_u32
     try:
         while offset < end:
-            (name_len,) = _U16.unpack_from(data, offset)
-            offset += 2
-            name = data[offset : offset + name_len].decode()
-            offset += name_len
-            (value_len,) = _U32.unpack_from(data, offset)
-            offset += 4
-            value = data[offset : offset + value_len]
-            offset += value_len
-            if len(name) == 0 or offset > end:
-                raise ValueError("truncated")
-            headers.append((name, value))
+            name_end = offset + 2 + unpack_u16(data, offset)[0]
+            value_end = name_end + 4 + unpack_u32(data, name_end)[0]
+            if value_end > end or name_end == offset + 2:
+                raise ValueError("truncated" if value_end > end else "empty name")
+            headers.append(
+                (data[offset + 2 : name_end].decode(), data[name_end + 4 : value_end])
+            )
+            offset = value_end
     except (struct.error, UnicodeDecodeError, ValueError) as exc:
         return FrameError("bad_headers", f"headers frame at byte {offset}: {exc}")
 
@@ -348,8 +349,6 @@ _DROPS = int(Kind.DROPS)
 _STATUS = int(Kind.STATUS)
 _TOPIC = int(EventClass.TOPIC)
 _unpack_head = HEAD.unpack_from
-_unpack_u16 = _U16.unpack_from
-_unpack_u32 = _U32.unpack_from
 
 
 def _decode_event(
