@@ -29,7 +29,9 @@ few newer events: order holds except at that boundary.
 
 Refusals that will not pass (record too large, authorization, a topic Kafka
 does not have) are written to the dead-letter file beside the spool, with
-the reason, counted, and logged at most once a minute per topic. Messages
+the reason, counted, and logged at most once a minute per topic. A batch
+refused as too large is first sent again in halves, so only the events too
+large on their own are refused. Messages
 that do not decode are counted by reason and kept there too, clipped, at
 most ``BAD_FRAMES_PER_WRITE`` per write and one write at a time, so a flood
 of garbage costs the good traffic one list append per bad message.
@@ -415,12 +417,12 @@ class Broker:
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
-            if not _add(batch, identity, message, now_ms):
+            if not batch.add(identity, message, now_ms):
                 full.append(batch)
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
-                _add(batch, identity, message, now_ms)
+                batch.add(identity, message, now_ms)
 
         return full, open_batches, unresolved
 
@@ -443,18 +445,20 @@ class Broker:
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
-            if not _add(batch, identity, message, now_ms):
+            if not batch.add(identity, message, now_ms):
                 await self._submit(batch)
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
-                _add(batch, identity, message, now_ms)
+                batch.add(identity, message, now_ms)
 
-    def _refuse_unknown_topic(self, topic: str, pairs: list[_Pair]) -> None:
+    def _refuse_unknown_topic(
+        self, topic: str, pairs: list[_Pair], replay: bool = False
+    ) -> None:
         """Dead-letter events for a topic Kafka lacks or refuses (spool: Kafka away)."""
-        batch = OpenBatch(None, topic, -1)
+        batch = OpenBatch(None, topic, -1, replay=replay)
         for identity, message in pairs:
-            _count_into(batch, identity, message)
+            batch.count(identity, message)
         if self.publisher.kafka_state != "connected":
             self._spill_batch(batch, "topic metadata unavailable")
             return
@@ -608,15 +612,21 @@ class Broker:
         self._store([(identities.get(id(e)), e) for e in batch.events])
 
     def _reject_batch(self, batch: OpenBatch, reason: str) -> None:
-        """A batch Kafka will never take: count it, nack it, dead-letter it."""
+        """A batch Kafka will never take: count it, nack it, dead-letter it.
+
+        A replayed batch was settled when it was spooled (counted, acked):
+        it is only counted dead-lettered now.
+        """
         stats = self.stats
         label = reason.split(":", 1)[0]
         stats.dead_lettered[label] += len(batch.events)
-        for event in batch.events:
-            stats.failed[event.event_class] += 1
+        if not batch.replay:
+            for event in batch.events:
+                stats.failed[event.event_class] += 1
         for identity, event in batch.acks:
-            self.reply(identity, protocol.encode_nack(event.seq, reason))
-            stats.nacks_sent += 1
+            if identity is not None:
+                self.reply(identity, protocol.encode_nack(event.seq, reason))
+                stats.nacks_sent += 1
         loop = asyncio.get_running_loop()
         write = loop.run_in_executor(
             self._disk, self.dead_letters.write, batch.topic, reason, batch.events
@@ -662,32 +672,31 @@ class Broker:
     async def _replay_step(self) -> bool | None:
         """Publish the oldest spooled events; None when there were none.
 
-        Returns whether every batch of the step reached Kafka; those that did
-        are removed from the spool, the rest are tried again.
+        Returns whether every event of the step was settled for good; those
+        Kafka took or refused for good (dead-lettered) are removed from the
+        spool, the rest are tried again.
         """
         records = await self._on_disk(self.spool.peek, REPLAY_RECORDS, REPLAY_BYTES)
         if not records:
             return None
         pairs = [(None, record.event) for record in records]
         full, open_batches, unresolved = self._route(pairs)
-        batches = [*full, *open_batches.values()]
-        ids_of = _record_ids(records, batches)
-        sent: dict[asyncio.Future, OpenBatch] = {}
-        for batch in batches:
+        answers = []
+        for batch in (*full, *open_batches.values()):
             batch.replay = True
-            future = await self.publisher.submit(batch)
-            if future is not None:
-                sent[future] = batch
-        done_ids: list[int] = []
-        if sent:
+            answers.append(await self.publisher.submit(batch))
+        if answers:
             # The producer expires a batch after send_timeout_s of failures;
             # giving up before it would replay events Kafka may still take.
-            await asyncio.wait(list(sent), timeout=REPLAY_WAIT_LIMIT_S)
-            for future, batch in sent.items():
-                if future.done() and not future.cancelled() and not future.exception():
-                    done_ids += ids_of[id(batch)]
-        late_ok = await self._replay_unresolved(unresolved, records)
-        done_ids += late_ok
+            await asyncio.wait(answers, timeout=REPLAY_WAIT_LIMIT_S)
+        by_event = {id(record.event): record.id for record in records}
+        done_ids = [
+            by_event[id(event)]
+            for answer in answers
+            if answer.done()
+            for event in answer.result()
+        ]
+        done_ids += await self._replay_unresolved(unresolved, records)
         all_done = len(done_ids) == len(records)
         if all_done:
             removed = self.spool.remove_through
@@ -707,7 +716,7 @@ class Broker:
                 continue  # known now: the next step routes them
             if self.publisher.kafka_state != "connected":
                 continue
-            self._refuse_unknown_topic(topic, pairs)
+            self._refuse_unknown_topic(topic, pairs, replay=True)
             ids += [by_event[id(event)] for _, event in pairs]
 
         return ids
@@ -827,34 +836,6 @@ class Broker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def _add(batch: OpenBatch, identity: bytes | None, event: _Event, now_ms: int) -> bool:
-    """Append an event to a batch; False when the batch is full."""
-    if (
-        batch.builder.append(
-            timestamp=now_ms, key=event.key, value=event.value, headers=event.headers
-        )
-        is None
-    ):
-        return False
-    _count_into(batch, identity, event)
-
-    return True
-
-
-def _count_into(batch: OpenBatch, identity: bytes | None, event: _Event) -> None:
-    batch.counts[event.event_class] += 1
-    batch.events.append(event)
-    if event.wants_ack:
-        batch.acks.append((identity, event))
-
-
-def _record_ids(records: list, batches: list[OpenBatch]) -> dict[int, list[int]]:
-    """Spool ids of each batch's events, keyed by the batch's ``id()``."""
-    by_event = {id(record.event): record.id for record in records}
-
-    return {id(b): [by_event[id(e)] for e in b.events] for b in batches}
 
 
 async def run_broker(config: BrokerConfig) -> int:

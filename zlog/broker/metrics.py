@@ -169,6 +169,11 @@ class _BrokerCollector:
                 stats.bad_frames_not_kept,
                 "Bad messages only counted: a write was under way or the file full.",
             ),
+            (
+                "events_sent_again",
+                stats.sent_again,
+                "Events sent again after Kafka refused their batch for another.",
+            ),
             ("acks_sent", stats.acks_sent, "Acks sent to emitters."),
             ("nacks_sent", stats.nacks_sent, "Nacks sent to emitters."),
             (
