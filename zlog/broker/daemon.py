@@ -30,11 +30,11 @@ few newer events: order holds except at that boundary.
 Refusals that will not pass (record too large, authorization, a topic Kafka
 does not have) are written to the dead-letter file beside the spool, with
 the reason, counted, and logged at most once a minute per topic. A batch
-refused as too large is first sent again in halves, so only the events too
-large on their own are refused. Messages
-that do not decode are counted by reason and kept there too, clipped, at
-most ``BAD_FRAMES_PER_WRITE`` per write and one write at a time, so a flood
-of garbage costs the good traffic one list append per bad message.
+refused as too large is first sent again in smaller pieces, so only events
+too large on their own are refused. Messages that do not decode are
+counted by reason and kept there too, clipped, at most
+``BAD_FRAMES_PER_WRITE`` per write and one write at a time, so a flood of
+garbage costs the good traffic one list append per bad message.
 
 Acknowledgments. An event whose sender asked for one is acked when Kafka
 acknowledged the batch holding it (acks=all, so every in-sync replica has

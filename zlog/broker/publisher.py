@@ -42,7 +42,7 @@ from zlog.broker.logs import RateLimiter, get_logger
 from zlog.broker.stats import Stats
 from zlog.errors import ConfigError
 
-__all__ = ["OpenBatch", "Publisher"]
+__all__ = ["Answer", "OpenBatch", "Publisher", "split_too_large"]
 
 # Kafka's error codes for a topic that exists already, that it does not
 # have, and that it will not show or take from this client.
@@ -448,13 +448,12 @@ class Publisher:
     def _send_again(self, batch: OpenBatch, exc: BaseException) -> bool:
         """Send a refused batch's events again when the refusal was not theirs.
 
-        Too large: in two halves, each refused again only for itself. Out of
-        order: as they are, the record numbers being rewound by now.
+        Too large: in pieces (``split_too_large``), each refused again only
+        for itself. Out of order: as they are, the numbers being rewound.
         """
         events = batch.events
         if isinstance(exc, TOO_LARGE) and len(events) > 1:
-            half = len(events) // 2
-            self._resend(batch, [events[:half], events[half:]], batch.resends)
+            self._resend(batch, split_too_large(events), batch.resends)
         elif (
             isinstance(exc, OutOfOrderSequenceNumber)
             and batch.resends < MAX_OUT_OF_ORDER_RESENDS
@@ -601,6 +600,24 @@ def _missing(topic: str) -> str:
         f"UnknownTopicOrPartitionError: topic {topic!r} does not exist in Kafka "
         f"(no metadata within {TOPIC_LOOKUP_TIMEOUT_S:g} s)"
     )
+
+
+def split_too_large(events: list[protocol.Event]) -> list[list[protocol.Event]]:
+    """The pieces a batch Kafka refused as too large is sent again in.
+
+    The largest event goes on its own when it is most of the batch, the
+    likely cause, with the events before and after it around it; otherwise
+    (the events are too many together) the batch is halved. Either way the
+    order holds, and every piece is smaller than the batch.
+    """
+    sizes = [len(event.value) for event in events]
+    largest = max(range(len(events)), key=sizes.__getitem__)
+    if sizes[largest] * 2 > sum(sizes):
+        parts = [events[:largest], [events[largest]], events[largest + 1 :]]
+        return [part for part in parts if part]
+    half = len(events) // 2
+
+    return [events[:half], events[half:]]
 
 
 def _topic_errors(response: object) -> list[tuple[str, int, str]]:
