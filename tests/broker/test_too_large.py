@@ -200,3 +200,34 @@ def test_too_large_event_replayed_from_the_spool_is_dead_lettered_once(
     assert state["totals"]["failed"] == 0, "settled once already, when spooled"
     assert [json.loads(line["value"])["id"] for line in dead] == ["big"]
     assert broker.terminate() == 0
+
+
+def test_refused_events_past_the_dead_letter_bound_are_nacked_and_counted(
+    start_broker, topics, kafka_bootstrap
+):
+    """With a dead-letter file of 20,000 bytes, two 8 KiB refused events are
+    kept, the next three only counted; all five are nacked either way."""
+    topic = small_topic(topics, kafka_bootstrap)
+    broker = start_broker("--dead-letter-max-bytes", "20000")
+    sender = TopicSender(broker.socket_path, topic)
+
+    for number in range(5):
+        sender.send_values([large(number)])
+        sender.settle(30)
+    sender.close()
+    state = status(broker.socket_path)
+    dead = dead_letters(state)
+    file_bytes = Path(state["dead_letter_path"]).stat().st_size
+    full_warnings = [
+        line
+        for line in log_lines(broker.stderr())
+        if line["event"] == "dead_letter_full"
+    ]
+
+    assert sorted(sender.nacked) == [0, 1, 2, 3, 4]
+    assert state["dead_lettered"] == {"MessageSizeTooLargeError": 5}
+    assert state["dead_lettered_not_kept"] == 3
+    assert [json.loads(line["value"])["id"] for line in dead] == ["big-0", "big-1"]
+    assert file_bytes <= 20_000
+    assert len(full_warnings) == 1
+    assert broker.terminate() == 0

@@ -141,7 +141,9 @@ class Broker:
             reject=self._reject_batch,
         )
         self.routes = Routes(*config.topics)
-        self.dead_letters = DeadLetters(config.dead_letter_path)
+        self.dead_letters = DeadLetters(
+            config.dead_letter_path, config.dead_letter_max_bytes
+        )
         self.ops = Operations(self)
         self.socket: zmq.Socket | None = None
         self.spool: Spool | None = None
@@ -504,27 +506,33 @@ class Broker:
 
     def _bad_frames_written(self, write: asyncio.Future, count: int) -> None:
         self._bad_write = None
+        kept = self._dead_letters_kept(write, count, "bad frames")
+        self.stats.bad_frames_kept += kept
+        self.stats.bad_frames_not_kept += count - kept
+
+    def _dead_letters_kept(self, write: asyncio.Future, count: int, what: str) -> int:
+        """How many of ``count`` lines a dead-letter write kept; warns if not all."""
         self._writes.discard(write)
         if write.cancelled():
-            return
+            return 0
         if write.exception() is not None:
-            self.stats.bad_frames_not_kept += count
             self._warn(
                 "dead_letter_failed",
                 path=str(self.config.dead_letter_path),
                 reason=describe(write.exception()),
             )
-            return
+            return 0
         kept = write.result()
-        self.stats.bad_frames_kept += kept
-        self.stats.bad_frames_not_kept += count - kept
         if kept < count:
             self._warn(
                 "dead_letter_full",
+                per=what,
                 path=str(self.config.dead_letter_path),
                 max_bytes=self.dead_letters.max_bytes,
-                hint="bad frames are only counted until the file is moved away",
+                hint=f"{what} are only counted until the file is moved away",
             )
+
+        return kept
 
     def reply(self, identity: bytes | None, frames: list[bytes]) -> None:
         """Send frames back to one emitter; count it when the emitter is gone."""
@@ -632,16 +640,13 @@ class Broker:
             self._disk, self.dead_letters.write, batch.topic, reason, batch.events
         )
         self._writes.add(write)
-        write.add_done_callback(self._dead_letter_written)
+        write.add_done_callback(
+            lambda done: self._dead_letters_written(done, len(batch.events))
+        )
 
-    def _dead_letter_written(self, write: asyncio.Future) -> None:
-        self._writes.discard(write)
-        if not write.cancelled() and write.exception() is not None:
-            self._warn(
-                "dead_letter_failed",
-                path=str(self.config.dead_letter_path),
-                reason=describe(write.exception()),
-            )
+    def _dead_letters_written(self, write: asyncio.Future, count: int) -> None:
+        kept = self._dead_letters_kept(write, count, "refused events")
+        self.stats.dead_lettered_not_kept += count - kept
 
     async def _replay_loop(self) -> None:
         """Connect when needed, and publish the spool whenever it holds events."""
