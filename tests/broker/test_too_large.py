@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -147,10 +148,12 @@ def test_a_stream_with_too_large_events_loses_and_duplicates_nothing(
     big = {n for n in range(2000) if n % 50 == 25}
     fine = set(range(2000)) - big
 
+    started = time.monotonic()
     for start in range(0, len(values), 100):
         sender.send_values(values[start : start + 100])
         sender.collect(0.01)
     sender.settle(60)
+    answered_s = time.monotonic() - started
     sender.close()
     wait_for(lambda: status(broker.socket_path)["spool"]["events"] == 0, 60)
     records = consume(kafka_bootstrap, [topic], len(fine))
@@ -158,8 +161,8 @@ def test_a_stream_with_too_large_events_loses_and_duplicates_nothing(
     dead = Counter(json.loads(line["value"])["id"] for line in dead_letters(state))
 
     print(
-        f"\n{len(sender.nacked)} nacked, {state['sent_again']} sent again, "
-        f"{sum(state['spooled'].values())} spooled"
+        f"\nall answered in {answered_s:.2f} s: {len(sender.nacked)} nacked, "
+        f"{state['sent_again']} sent again, {sum(state['spooled'].values())} spooled"
     )
     assert not sender.acked & set(sender.nacked)
     assert fine <= sender.acked
