@@ -390,6 +390,10 @@ class Publisher:
         batch.sent_at_s = time.monotonic()
         if timeout_s is None:
             timeout_s = self.config.send_timeout_s
+        # aiokafka queues the batch and returns its future with no await in
+        # between: a timeout or a cancellation lands before the batch is
+        # queued (it is spooled here) or after the future is returned (it is
+        # returned all the same), never between, so none is lost or doubled.
         try:
             future = await asyncio.wait_for(
                 self.producer.send_batch(
