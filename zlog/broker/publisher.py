@@ -137,6 +137,7 @@ class Answer:
     final: list[protocol.Event] = field(default_factory=list)
 
     def piece_done(self, events: list[protocol.Event], for_good: bool) -> None:
+        """Note one piece's fate; the last one resolves the future."""
         if for_good:
             self.final += events
         self.waiting -= 1
@@ -481,7 +482,7 @@ class Publisher:
             for event in events:
                 identity = identities.get(id(event))
                 if not piece.add(identity, event, now_ms):
-                    # A part of a batch that was sent fits in one; kept safe.
+                    # A part of a sent batch fits one; should it not, two.
                     pieces.append(piece)
                     piece = self._piece(batch, resends)
                     piece.add(identity, event, now_ms)
