@@ -1,4 +1,4 @@
-"""The dead-letter file: what is kept of a bad frame, and its bound on disk."""
+"""The dead-letter file: what is kept of a bad frame, and its bounds on disk."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import base64
 import json
 
 from zlog.broker.deadletter import (
+    BAD_FRAME_SHARE,
     KEPT_FRAMES,
     KEPT_MESSAGE_BYTES,
     BadFrame,
@@ -31,7 +32,7 @@ def lines(path) -> list[dict]:
 
 def test_a_bad_frame_is_kept_with_its_reason_and_bytes(tmp_path):
     """The line names the reason and detail and holds the frame's bytes."""
-    letters = DeadLetters(tmp_path / "dl.jsonl")
+    letters = DeadLetters(tmp_path / "dl.jsonl", max_bytes=1 << 20)
 
     kept = letters.write_bad_frames([bad_frame(b"junk", b"\xff\x00")])
 
@@ -55,9 +56,16 @@ def test_a_large_message_keeps_only_its_first_bytes():
     assert len(clipped) == KEPT_FRAMES
 
 
-def test_bad_frames_stop_at_the_file_size_and_are_counted(tmp_path):
-    """Past max_bytes bad frames are refused, so a flood cannot fill the disk."""
-    letters = DeadLetters(tmp_path / "dl.jsonl", max_bytes=20_000)
+def refused_event(seq: int) -> Event:
+    return Event(
+        EventClass.AUDIT, None, b"k", [], b'{"id":"%d"}' % seq, "h", 1, seq, True
+    )
+
+
+def test_bad_frames_stop_at_their_share_of_the_file_and_are_counted(tmp_path):
+    """Past their share of max_bytes bad frames are refused: a flood fills
+    neither the disk nor the room refused events need."""
+    letters = DeadLetters(tmp_path / "dl.jsonl", max_bytes=80_000)
     flood = [bad_frame(bytes(range(256)) * 40) for _ in range(10)]
 
     kept = letters.write_bad_frames(flood)
@@ -65,20 +73,46 @@ def test_bad_frames_stop_at_the_file_size_and_are_counted(tmp_path):
 
     assert 0 < kept < len(flood)
     assert kept_later == 0
-    assert letters.path.stat().st_size <= 20_000
+    assert letters.path.stat().st_size <= 80_000 * BAD_FRAME_SHARE
     assert len(lines(letters.path)) == kept
 
 
-def test_refused_events_are_written_whatever_the_size(tmp_path):
-    """Events Kafka refused are data, not evidence: the bound does not apply."""
-    letters = DeadLetters(tmp_path / "dl.jsonl", max_bytes=10)
-    event = Event(EventClass.AUDIT, None, b"k", [], b'{"id":"1"}', "h", 1, 1, True)
+def test_a_refused_event_is_kept_with_its_topic_and_envelope(tmp_path):
+    letters = DeadLetters(tmp_path / "dl.jsonl", max_bytes=1 << 20)
 
-    letters.write("t.audit", "MessageSizeTooLargeError", [event])
+    kept = letters.write("t.audit", "MessageSizeTooLargeError", [refused_event(1)])
 
     (line,) = lines(letters.path)
+    assert kept == 1
     assert (line["kind"], line["topic"], line["value"]) == (
         "event",
         "t.audit",
         '{"id":"1"}',
     )
+
+
+def test_refused_events_stop_at_the_file_bound_in_order(tmp_path):
+    """Past max_bytes refused events are only counted by the caller: the
+    first ones are kept whole, in order, and the file stays within the bound."""
+    letters = DeadLetters(tmp_path / "dl.jsonl", max_bytes=2_000)
+    events = [refused_event(seq) for seq in range(1, 21)]
+
+    kept = letters.write("t.audit", "MessageSizeTooLargeError", events)
+    kept_later = letters.write("t.audit", "MessageSizeTooLargeError", events)
+
+    assert 0 < kept < len(events)
+    assert kept_later == 0
+    assert letters.path.stat().st_size <= 2_000
+    assert [line["seq"] for line in lines(letters.path)] == list(range(1, kept + 1))
+
+
+def test_refused_events_are_kept_after_bad_frames_reached_their_share(tmp_path):
+    """Garbage stops at its share; refused events still have the rest."""
+    letters = DeadLetters(tmp_path / "dl.jsonl", max_bytes=80_000)
+    flood = [bad_frame(bytes(range(256)) * 40) for _ in range(20)]
+    letters.write_bad_frames(flood)
+
+    kept = letters.write("t.audit", "reason", [refused_event(1)])
+
+    assert kept == 1
+    assert lines(letters.path)[-1]["kind"] == "event"

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_APPLICATION_TOPIC",
     "DEFAULT_AUDIT_TOPIC",
     "DEFAULT_BOOTSTRAP_SERVERS",
+    "DEFAULT_DEAD_LETTER_MAX_BYTES",
     "DEFAULT_DRAIN_TIMEOUT_S",
     "DEFAULT_LINGER_MS",
     "DEFAULT_LOSS_REPORT_INTERVAL_S",
@@ -96,6 +97,11 @@ DEFAULT_SEND_TIMEOUT_S = 5.0
 # One hour of outage at 500 events/s of 500-byte envelopes (docs/spool.md).
 DEFAULT_SPOOL_MAX_BYTES = 1 << 30
 
+# A quarter of the default spool: over 250 refused events of the largest
+# envelope (1 MiB), or about 600,000 of 400 bytes. Bad frames may take a
+# quarter of it (zlog.broker.deadletter.BAD_FRAME_SHARE).
+DEFAULT_DEAD_LETTER_MAX_BYTES = 256 << 20
+
 # Losses are published at most this often, and only when there are some.
 DEFAULT_LOSS_REPORT_INTERVAL_S = 10.0
 
@@ -160,6 +166,7 @@ class BrokerConfig:
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     # "application-only" or "any-class" (zlog.broker.spool.DropPolicy).
     spool_drop_policy: str = "application-only"
+    dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_MAX_BYTES
     loss_report_interval_s: float = DEFAULT_LOSS_REPORT_INTERVAL_S
     acks: str = DEFAULT_ACKS
     security_protocol: str = DEFAULT_SECURITY_PROTOCOL
@@ -181,8 +188,10 @@ class BrokerConfig:
             raise ConfigError(f"socket mode {self.socket_mode:o} is not a mode")
         if self.send_timeout_s <= 0 or self.loss_report_interval_s <= 0:
             raise ConfigError("send_timeout_s and loss_report_interval_s must be > 0")
-        if self.spool_max_bytes < 1:
-            raise ConfigError("spool_max_bytes must be at least 1")
+        if self.spool_max_bytes < 1 or self.dead_letter_max_bytes < 1:
+            raise ConfigError(
+                "spool_max_bytes and dead_letter_max_bytes must be at least 1"
+            )
         if self.acks not in ACKS or self.security_protocol not in SECURITY_PROTOCOLS:
             raise ConfigError(
                 f"acks {self.acks!r} or security protocol "

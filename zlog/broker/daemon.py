@@ -29,10 +29,12 @@ few newer events: order holds except at that boundary.
 
 Refusals that will not pass (record too large, authorization, a topic Kafka
 does not have) are written to the dead-letter file beside the spool, with
-the reason, counted, and logged at most once a minute per topic. Messages
-that do not decode are counted by reason and kept there too, clipped, at
-most ``BAD_FRAMES_PER_WRITE`` per write and one write at a time, so a flood
-of garbage costs the good traffic one list append per bad message.
+the reason, counted, and logged at most once a minute per topic. A batch
+refused as too large is first sent again in smaller pieces, so only events
+too large on their own are refused. Messages that do not decode are
+counted by reason and kept there too, clipped, at most
+``BAD_FRAMES_PER_WRITE`` per write and one write at a time, so a flood of
+garbage costs the good traffic one list append per bad message.
 
 Acknowledgments. An event whose sender asked for one is acked when Kafka
 acknowledged the batch holding it (acks=all, so every in-sync replica has
@@ -139,7 +141,9 @@ class Broker:
             reject=self._reject_batch,
         )
         self.routes = Routes(*config.topics)
-        self.dead_letters = DeadLetters(config.dead_letter_path)
+        self.dead_letters = DeadLetters(
+            config.dead_letter_path, config.dead_letter_max_bytes
+        )
         self.ops = Operations(self)
         self.socket: zmq.Socket | None = None
         self.spool: Spool | None = None
@@ -415,12 +419,12 @@ class Broker:
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
-            if not _add(batch, identity, message, now_ms):
+            if not batch.add(identity, message, now_ms):
                 full.append(batch)
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
-                _add(batch, identity, message, now_ms)
+                batch.add(identity, message, now_ms)
 
         return full, open_batches, unresolved
 
@@ -443,18 +447,20 @@ class Broker:
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
-            if not _add(batch, identity, message, now_ms):
+            if not batch.add(identity, message, now_ms):
                 await self._submit(batch)
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
-                _add(batch, identity, message, now_ms)
+                batch.add(identity, message, now_ms)
 
-    def _refuse_unknown_topic(self, topic: str, pairs: list[_Pair]) -> None:
+    def _refuse_unknown_topic(
+        self, topic: str, pairs: list[_Pair], replay: bool = False
+    ) -> None:
         """Dead-letter events for a topic Kafka lacks or refuses (spool: Kafka away)."""
-        batch = OpenBatch(None, topic, -1)
+        batch = OpenBatch(None, topic, -1, replay=replay)
         for identity, message in pairs:
-            _count_into(batch, identity, message)
+            batch.count(identity, message)
         if self.publisher.kafka_state != "connected":
             self._spill_batch(batch, "topic metadata unavailable")
             return
@@ -500,27 +506,33 @@ class Broker:
 
     def _bad_frames_written(self, write: asyncio.Future, count: int) -> None:
         self._bad_write = None
+        kept = self._dead_letters_kept(write, count, "bad frames")
+        self.stats.bad_frames_kept += kept
+        self.stats.bad_frames_not_kept += count - kept
+
+    def _dead_letters_kept(self, write: asyncio.Future, count: int, what: str) -> int:
+        """How many of ``count`` lines a dead-letter write kept; warns if not all."""
         self._writes.discard(write)
         if write.cancelled():
-            return
+            return 0
         if write.exception() is not None:
-            self.stats.bad_frames_not_kept += count
             self._warn(
                 "dead_letter_failed",
                 path=str(self.config.dead_letter_path),
                 reason=describe(write.exception()),
             )
-            return
+            return 0
         kept = write.result()
-        self.stats.bad_frames_kept += kept
-        self.stats.bad_frames_not_kept += count - kept
         if kept < count:
             self._warn(
                 "dead_letter_full",
+                per=what,
                 path=str(self.config.dead_letter_path),
                 max_bytes=self.dead_letters.max_bytes,
-                hint="bad frames are only counted until the file is moved away",
+                hint=f"{what} are only counted until the file is moved away",
             )
+
+        return kept
 
     def reply(self, identity: bytes | None, frames: list[bytes]) -> None:
         """Send frames back to one emitter; count it when the emitter is gone."""
@@ -608,30 +620,33 @@ class Broker:
         self._store([(identities.get(id(e)), e) for e in batch.events])
 
     def _reject_batch(self, batch: OpenBatch, reason: str) -> None:
-        """A batch Kafka will never take: count it, nack it, dead-letter it."""
+        """A batch Kafka will never take: count it, nack it, dead-letter it.
+
+        A replayed batch was settled when it was spooled (counted, acked):
+        it is only counted dead-lettered now.
+        """
         stats = self.stats
         label = reason.split(":", 1)[0]
         stats.dead_lettered[label] += len(batch.events)
-        for event in batch.events:
-            stats.failed[event.event_class] += 1
+        if not batch.replay:
+            for event in batch.events:
+                stats.failed[event.event_class] += 1
         for identity, event in batch.acks:
-            self.reply(identity, protocol.encode_nack(event.seq, reason))
-            stats.nacks_sent += 1
+            if identity is not None:
+                self.reply(identity, protocol.encode_nack(event.seq, reason))
+                stats.nacks_sent += 1
         loop = asyncio.get_running_loop()
         write = loop.run_in_executor(
             self._disk, self.dead_letters.write, batch.topic, reason, batch.events
         )
         self._writes.add(write)
-        write.add_done_callback(self._dead_letter_written)
+        write.add_done_callback(
+            lambda done: self._dead_letters_written(done, len(batch.events))
+        )
 
-    def _dead_letter_written(self, write: asyncio.Future) -> None:
-        self._writes.discard(write)
-        if not write.cancelled() and write.exception() is not None:
-            self._warn(
-                "dead_letter_failed",
-                path=str(self.config.dead_letter_path),
-                reason=describe(write.exception()),
-            )
+    def _dead_letters_written(self, write: asyncio.Future, count: int) -> None:
+        kept = self._dead_letters_kept(write, count, "refused events")
+        self.stats.dead_lettered_not_kept += count - kept
 
     async def _replay_loop(self) -> None:
         """Connect when needed, and publish the spool whenever it holds events."""
@@ -662,32 +677,31 @@ class Broker:
     async def _replay_step(self) -> bool | None:
         """Publish the oldest spooled events; None when there were none.
 
-        Returns whether every batch of the step reached Kafka; those that did
-        are removed from the spool, the rest are tried again.
+        Returns whether every event of the step was settled for good; those
+        Kafka took or refused for good (dead-lettered) are removed from the
+        spool, the rest are tried again.
         """
         records = await self._on_disk(self.spool.peek, REPLAY_RECORDS, REPLAY_BYTES)
         if not records:
             return None
         pairs = [(None, record.event) for record in records]
         full, open_batches, unresolved = self._route(pairs)
-        batches = [*full, *open_batches.values()]
-        ids_of = _record_ids(records, batches)
-        sent: dict[asyncio.Future, OpenBatch] = {}
-        for batch in batches:
+        answers = []
+        for batch in (*full, *open_batches.values()):
             batch.replay = True
-            future = await self.publisher.submit(batch)
-            if future is not None:
-                sent[future] = batch
-        done_ids: list[int] = []
-        if sent:
+            answers.append(await self.publisher.submit(batch))
+        if answers:
             # The producer expires a batch after send_timeout_s of failures;
             # giving up before it would replay events Kafka may still take.
-            await asyncio.wait(list(sent), timeout=REPLAY_WAIT_LIMIT_S)
-            for future, batch in sent.items():
-                if future.done() and not future.cancelled() and not future.exception():
-                    done_ids += ids_of[id(batch)]
-        late_ok = await self._replay_unresolved(unresolved, records)
-        done_ids += late_ok
+            await asyncio.wait(answers, timeout=REPLAY_WAIT_LIMIT_S)
+        by_event = {id(record.event): record.id for record in records}
+        done_ids = [
+            by_event[id(event)]
+            for answer in answers
+            if answer.done()
+            for event in answer.result()
+        ]
+        done_ids += await self._replay_unresolved(unresolved, records)
         all_done = len(done_ids) == len(records)
         if all_done:
             removed = self.spool.remove_through
@@ -707,7 +721,7 @@ class Broker:
                 continue  # known now: the next step routes them
             if self.publisher.kafka_state != "connected":
                 continue
-            self._refuse_unknown_topic(topic, pairs)
+            self._refuse_unknown_topic(topic, pairs, replay=True)
             ids += [by_event[id(event)] for _, event in pairs]
 
         return ids
@@ -827,34 +841,6 @@ class Broker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def _add(batch: OpenBatch, identity: bytes | None, event: _Event, now_ms: int) -> bool:
-    """Append an event to a batch; False when the batch is full."""
-    if (
-        batch.builder.append(
-            timestamp=now_ms, key=event.key, value=event.value, headers=event.headers
-        )
-        is None
-    ):
-        return False
-    _count_into(batch, identity, event)
-
-    return True
-
-
-def _count_into(batch: OpenBatch, identity: bytes | None, event: _Event) -> None:
-    batch.counts[event.event_class] += 1
-    batch.events.append(event)
-    if event.wants_ack:
-        batch.acks.append((identity, event))
-
-
-def _record_ids(records: list, batches: list[OpenBatch]) -> dict[int, list[int]]:
-    """Spool ids of each batch's events, keyed by the batch's ``id()``."""
-    by_event = {id(record.event): record.id for record in records}
-
-    return {id(b): [by_event[id(e)] for e in b.events] for b in batches}
 
 
 async def run_broker(config: BrokerConfig) -> int:

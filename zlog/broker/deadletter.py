@@ -16,9 +16,14 @@ A bad frame's line holds ``kind`` ("bad_frame"), ``reason`` (the metric
 label), ``detail``, ``dead_lettered_ms``, the ROUTER ``connection`` identity
 in hex, ``frame_count``, and ``frames``: each frame's length in ``bytes`` and
 its first bytes in ``base64``. A message keeps at most ``KEPT_MESSAGE_BYTES``
-over all its frames and lists at most ``KEPT_FRAMES`` of them, and bad frames
-stop being kept once the file reaches its ``max_bytes``: garbage sent as fast
-as a process can cannot fill the disk. Events are written whatever the size.
+over all its frames and lists at most ``KEPT_FRAMES`` of them.
+
+The file is bounded by ``max_bytes`` (``--dead-letter-max-bytes``). Refused
+events are written while it is under that; bad frames only while it is
+under a ``BAD_FRAME_SHARE`` of it, so garbage sent as fast as a process can
+neither fills the disk nor takes the room of events. What is not written is
+only counted, by the caller; the file is never trimmed: an operator moves
+it away, and the next write starts a new one.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import base64
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from zlog.protocol import Event
 
 __all__ = [
-    "DEFAULT_MAX_BYTES",
+    "BAD_FRAME_SHARE",
     "KEPT_FRAMES",
     "KEPT_MESSAGE_BYTES",
     "BadFrame",
@@ -41,9 +47,10 @@ __all__ = [
     "clip_frames",
 ]
 
-# Enough for a few thousand bad messages at the full KEPT_MESSAGE_BYTES, which
-# shows what a misbehaving process sends; small beside the default spool.
-DEFAULT_MAX_BYTES = 64 << 20
+# Bad frames stop at this part of the file's bound: 64 MiB of the default
+# 256 MiB, a few thousand messages at the full KEPT_MESSAGE_BYTES, enough to
+# show what a misbehaving process sends.
+BAD_FRAME_SHARE = 0.25
 
 # A head and the start of an envelope fit in 4 KiB; the rest of a garbage
 # frame up to --max-frame-bytes says nothing more.
@@ -79,35 +86,45 @@ def clip_frames(frames: list[bytes]) -> tuple[tuple[int, bytes], ...]:
 class DeadLetters:
     """Appends lines to the dead-letter file. Synchronous: run it in a thread."""
 
-    def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.bad_frame_max_bytes = int(max_bytes * BAD_FRAME_SHARE)
 
-    def write(self, topic: str, reason: str, events: list[Event]) -> None:
-        """Append ``events`` refused for ``reason``; on disk on return."""
+    def write(self, topic: str, reason: str, events: list[Event]) -> int:
+        """Append what fits of ``events`` refused for ``reason``; return how many.
+
+        On disk on return: an event here is data its sender was told is lost.
+        """
         now_ms = time.time_ns() // 1_000_000
-        lines = [_event_line(topic, reason, event, now_ms) for event in events]
-        self._append(b"".join(lines), sync=True)
+        lines = (_event_line(topic, reason, event, now_ms) for event in events)
+
+        return self._append_within(lines, self.max_bytes, sync=True)
 
     def write_bad_frames(self, bad: list[BadFrame]) -> int:
-        """Append what fits of ``bad`` under ``max_bytes``; return how many did.
+        """Append what fits of ``bad`` under its share; return how many did.
 
         Not synced: a bad frame is evidence, not data anyone waits for, and
         an fsync per write would slow the spool's writes in the same thread.
         """
         now_ms = time.time_ns() // 1_000_000
-        room = self.max_bytes - self._size()
-        lines = []
-        for frame in bad:
-            line = _bad_frame_line(frame, now_ms)
+        lines = (_bad_frame_line(frame, now_ms) for frame in bad)
+
+        return self._append_within(lines, self.bad_frame_max_bytes, sync=False)
+
+    def _append_within(self, lines: Iterator[bytes], max_bytes: int, sync: bool) -> int:
+        """Append lines, in order, while the file stays within ``max_bytes``."""
+        room = max_bytes - self._size()
+        kept = []
+        for line in lines:
             if len(line) > room:
                 break
             room -= len(line)
-            lines.append(line)
-        if lines:
-            self._append(b"".join(lines), sync=False)
+            kept.append(line)
+        if kept:
+            self._append(b"".join(kept), sync)
 
-        return len(lines)
+        return len(kept)
 
     def _size(self) -> int:
         try:

@@ -28,17 +28,21 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    RecordListTooLargeError,
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
 
 from zlog import protocol
 from zlog.broker.config import BrokerConfig
+from zlog.broker.idempotence import SequenceRewind
 from zlog.broker.logs import RateLimiter, get_logger
 from zlog.broker.stats import Stats
 from zlog.errors import ConfigError
 
-__all__ = ["OpenBatch", "Publisher"]
+__all__ = ["Answer", "OpenBatch", "Publisher", "split_too_large"]
 
 # Kafka's error codes for a topic that exists already, that it does not
 # have, and that it will not show or take from this client.
@@ -61,10 +65,18 @@ PARTITION_CACHE_TTL_S = 60.0
 # How long a failed start waits before trying Kafka again, at most.
 MAX_RECONNECT_DELAY_S = 10.0
 
+# Kafka's refusals of a batch larger than the topic or a log segment takes.
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+# A batch refused as out of order is sent again this many times at most: the
+# rewind sets the numbers right within one or two, so more means they are
+# out of step for another reason, and the batch is dead-lettered.
+MAX_OUT_OF_ORDER_RESENDS = 3
+
 Reply = Callable[[bytes, list[bytes]], None]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class OpenBatch:
     """One Kafka batch being filled, with what to do when Kafka answers."""
 
@@ -82,6 +94,55 @@ class OpenBatch:
     abandoned: bool = False
     # time.monotonic() when handed to the producer, for the latency metric.
     sent_at_s: float = 0.0
+    # Shared with the pieces it is split into when Kafka refuses it.
+    answer: Answer | None = None
+    # Times its events were sent again after an out-of-order refusal.
+    resends: int = 0
+
+    def add(self, identity: bytes | None, event: protocol.Event, now_ms: int) -> bool:
+        """Append an event; False when the batch is full. Kept lean."""
+        if (
+            self.builder.append(
+                timestamp=now_ms,
+                key=event.key,
+                value=event.value,
+                headers=event.headers,
+            )
+            is None
+        ):
+            return False
+        self.count(identity, event)
+
+        return True
+
+    def count(self, identity: bytes | None, event: protocol.Event) -> None:
+        """Note an event as part of the batch, for counts, acks and spooling."""
+        self.counts[event.event_class] += 1
+        self.events.append(event)
+        if event.wants_ack:
+            self.acks.append((identity, event))
+
+
+@dataclass(slots=True)
+class Answer:
+    """What became of one submitted batch and of every piece split from it.
+
+    ``future`` resolves once each piece is published, refused for good or
+    handed back (spooled, or left for the replay to retry), with the events
+    published or refused for good: a replay removes those from the spool.
+    """
+
+    future: asyncio.Future
+    waiting: int = 1
+    final: list[protocol.Event] = field(default_factory=list)
+
+    def piece_done(self, events: list[protocol.Event], for_good: bool) -> None:
+        """Note one piece's fate; the last one resolves the future."""
+        if for_good:
+            self.final += events
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.future.set_result(self.final)
 
 
 Handler = Callable[[OpenBatch, str], None]
@@ -129,6 +190,11 @@ class Publisher:
         # topic -> (monotonic s when to look it up again, why it was refused)
         self._unknown_topics: dict[str, tuple[float, str]] = {}
         self._in_flight: dict[asyncio.Future, OpenBatch] = {}
+        # Pieces of refused batches not yet handed to the producer, and the
+        # tasks handing them over.
+        self._unsent: dict[OpenBatch, None] = {}
+        self._resending: set[asyncio.Task] = set()
+        self._rewind: SequenceRewind | None = None
         # Called with (events, seconds to Kafka's ack) per acknowledged batch.
         self.on_batch_acked: Callable[[int, float], None] | None = None
 
@@ -159,6 +225,7 @@ class Publisher:
             await _stop_quietly(producer, config.send_timeout_s)
             raise
         self.producer = producer
+        self._rewind = SequenceRewind(producer)
         self.kafka_state = "connected"
 
     @property
@@ -312,16 +379,22 @@ class Publisher:
 
     async def submit(
         self, batch: OpenBatch, timeout_s: float | None = None
-    ) -> asyncio.Future | None:
-        """Hand one batch to the producer; None when it failed at once.
+    ) -> asyncio.Future:
+        """Hand one batch to the producer; return the future of its ``Answer``.
 
         Waits while the partition's previous batch is queued, at most
         ``timeout_s`` (``send_timeout_s`` when None); past that the batch
-        fails as retriable.
+        fails as retriable. The answer resolves at once when it failed here.
         """
+        if batch.answer is None:
+            batch.answer = Answer(asyncio.get_running_loop().create_future())
         batch.sent_at_s = time.monotonic()
         if timeout_s is None:
             timeout_s = self.config.send_timeout_s
+        # aiokafka queues the batch and returns its future with no await in
+        # between: a timeout or a cancellation lands before the batch is
+        # queued (it is spooled here) or after the future is returned (it is
+        # returned all the same), never between, so none is lost or doubled.
         try:
             future = await asyncio.wait_for(
                 self.producer.send_batch(
@@ -330,28 +403,40 @@ class Publisher:
                 timeout_s,
             )
         except (KafkaError, TimeoutError) as exc:
+            self._unsent.pop(batch, None)
             self._give_up(batch, exc)
-            return None
-        self._in_flight[future] = batch
+            return batch.answer.future
+        # No await from here to the callback: the batch is either unsent or
+        # in flight whenever the drain looks, never neither.
+        self._unsent.pop(batch, None)
+        if not batch.abandoned:
+            self._in_flight[future] = batch
         future.add_done_callback(lambda done: self._settle(batch, done))
 
-        return future
+        return batch.answer.future
 
     def _settle(self, batch: OpenBatch, future: asyncio.Future) -> None:
-        if self._in_flight.pop(future, None) is None and not batch.abandoned:
-            return
+        self._in_flight.pop(future, None)
         exc = future.exception() if not future.cancelled() else KafkaError()
-        if exc is not None:
-            if not batch.abandoned:
-                self._give_up(batch, exc)
+        if batch.abandoned:
+            # Spooled at drain: Kafka taking it now makes a duplicate.
+            if exc is None:
+                self.stats.duplicates_possible += sum(batch.counts)
             return
+        if exc is None:
+            self._rewind.written(batch.topic, batch.partition)
+            self._publish(batch)
+            return
+        self._rewind.failed(batch.topic, batch.partition, batch.builder)
+        if not self._send_again(batch, exc):
+            self._give_up(batch, exc)
+
+    def _publish(self, batch: OpenBatch) -> None:
+        """Count an acknowledged batch and ack its events."""
         if self.kafka_state != "connected":
             self.kafka_state = "connected"
             self.log.info("kafka_recovered")
         stats = self.stats
-        if batch.abandoned:
-            stats.duplicates_possible += sum(batch.counts)
-            return
         counts = stats.replayed if batch.replay else stats.published
         for index, count in enumerate(batch.counts):
             counts[index] += count
@@ -360,11 +445,72 @@ class Publisher:
             self.on_batch_acked(events, time.monotonic() - batch.sent_at_s)
         reply = self.reply
         for identity, event in batch.acks:
-            reply(identity, protocol.encode_ack(event.seq))
-        stats.acks_sent += len(batch.acks)
+            if identity is not None:
+                reply(identity, protocol.encode_ack(event.seq))
+                stats.acks_sent += 1
+        batch.answer.piece_done(batch.events, for_good=True)
+
+    def _send_again(self, batch: OpenBatch, exc: BaseException) -> bool:
+        """Send a refused batch's events again when the refusal was not theirs.
+
+        Too large: in pieces (``split_too_large``), each refused again only
+        for itself. Out of order: as they are, the numbers being rewound.
+        """
+        events = batch.events
+        if isinstance(exc, TOO_LARGE) and len(events) > 1:
+            self._resend(batch, split_too_large(events), batch.resends)
+        elif (
+            isinstance(exc, OutOfOrderSequenceNumber)
+            and batch.resends < MAX_OUT_OF_ORDER_RESENDS
+        ):
+            self._resend(batch, [events], batch.resends + 1)
+        else:
+            return False
+        self.stats.sent_again += len(events)
+
+        return True
+
+    def _resend(
+        self, batch: OpenBatch, parts: list[list[protocol.Event]], resends: int
+    ) -> None:
+        """Submit ``parts`` of a refused batch as new batches, in order."""
+        identities = {id(event): identity for identity, event in batch.acks}
+        now_ms = int(time.time() * 1000)
+        pieces = []
+        for events in parts:
+            piece = self._piece(batch, resends)
+            for event in events:
+                identity = identities.get(id(event))
+                if not piece.add(identity, event, now_ms):
+                    # A part of a sent batch fits one; should it not, two.
+                    pieces.append(piece)
+                    piece = self._piece(batch, resends)
+                    piece.add(identity, event, now_ms)
+            pieces.append(piece)
+        batch.answer.waiting += len(pieces) - 1
+        for piece in pieces:
+            self._unsent[piece] = None
+        task = asyncio.ensure_future(self._submit_pieces(pieces))
+        self._resending.add(task)
+        task.add_done_callback(self._resending.discard)
+
+    def _piece(self, batch: OpenBatch, resends: int) -> OpenBatch:
+        piece = self.new_batch(batch.topic, batch.partition)
+        piece.replay = batch.replay
+        piece.answer = batch.answer
+        piece.resends = resends
+
+        return piece
+
+    async def _submit_pieces(self, pieces: list[OpenBatch]) -> None:
+        for piece in pieces:
+            if not piece.abandoned:
+                await self.submit(piece)
 
     def _give_up(self, batch: OpenBatch, exc: BaseException) -> None:
         """Send a failed batch to the spool or the dead letters, by its cause."""
+        if batch.abandoned:
+            return
         reason = describe(exc)
         self.last_error = reason
         if is_retriable(exc):
@@ -372,9 +518,11 @@ class Publisher:
             self._warn("kafka_unavailable", batch, reason)
             if not batch.replay:
                 self.spill(batch, reason)
+            batch.answer.piece_done(batch.events, for_good=False)
             return
         self._warn("kafka_rejected", batch, reason)
         self.reject(batch, reason)
+        batch.answer.piece_done(batch.events, for_good=True)
 
     def _warn(self, event: str, batch: OpenBatch, reason: str) -> None:
         suppressed = self.warnings.allow(f"{event}:{batch.topic}")
@@ -393,33 +541,46 @@ class Publisher:
 
         Used when the drain runs out of time. Kafka may still take some of
         them; those are counted as possible duplicates, not published.
+        Pieces of refused batches not yet sent are returned with them.
         """
-        batches = [b for b in self._in_flight.values() if not b.replay]
+        batches = [
+            b for b in (*self._in_flight.values(), *self._unsent) if not b.replay
+        ]
         for batch in batches:
             batch.abandoned = True
         self._in_flight.clear()
+        self._unsent.clear()
+        for task in self._resending:
+            task.cancel()
 
         return batches
 
     def pending(self) -> int:
-        """Batches handed to the producer that Kafka has not answered yet."""
-        return len(self._in_flight)
+        """Batches handed to the producer, or about to be, not answered yet."""
+        return len(self._in_flight) + len(self._unsent)
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until Kafka answered every batch; False when time ran out.
 
-        Both waits share the one bound, so the flush never takes longer.
+        The waits share the one bound, so the flush never takes longer.
+        Pieces of a batch refused meanwhile are waited for too.
         """
         deadline = time.monotonic() + timeout_s
         try:
             await asyncio.wait_for(self.producer.flush(), timeout_s)
-            remaining_s = deadline - time.monotonic()
-            if self._in_flight and remaining_s > 0:
-                await asyncio.wait(list(self._in_flight), timeout=remaining_s)
         except TimeoutError:
             return False
+        while self._in_flight or self._resending:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                return False
+            await asyncio.wait(
+                [*self._in_flight, *self._resending],
+                timeout=remaining_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
 
-        return not self._in_flight
+        return True
 
     async def stop(self, timeout_s: float) -> None:
         """Close the producer; gives up after ``timeout_s`` when Kafka is gone."""
@@ -434,7 +595,7 @@ class Publisher:
             "state": self.kafka_state if self.connected else "unavailable",
             "bootstrap_servers": self.config.bootstrap_servers,
             "compression": self.config.compression_type,
-            "batches_in_flight": len(self._in_flight),
+            "batches_in_flight": self.pending(),
             "last_error": self.last_error,
         }
 
@@ -444,6 +605,24 @@ def _missing(topic: str) -> str:
         f"UnknownTopicOrPartitionError: topic {topic!r} does not exist in Kafka "
         f"(no metadata within {TOPIC_LOOKUP_TIMEOUT_S:g} s)"
     )
+
+
+def split_too_large(events: list[protocol.Event]) -> list[list[protocol.Event]]:
+    """The pieces a batch Kafka refused as too large is sent again in.
+
+    The largest event goes on its own when it is most of the batch, the
+    likely cause, with the events before and after it around it; otherwise
+    (the events are too many together) the batch is halved. Either way the
+    order holds, and every piece is smaller than the batch.
+    """
+    sizes = [len(event.value) for event in events]
+    largest = max(range(len(events)), key=sizes.__getitem__)
+    if sizes[largest] * 2 > sum(sizes):
+        parts = [events[:largest], [events[largest]], events[largest + 1 :]]
+        return [part for part in parts if part]
+    half = len(events) // 2
+
+    return [events[:half], events[half:]]
 
 
 def _topic_errors(response: object) -> list[tuple[str, int, str]]:

@@ -55,6 +55,11 @@ class Stats:
         self.replayed = [0] * len(EventClass)
         self.failed = [0] * len(EventClass)
         self.dead_lettered: Counter[str] = Counter()  # by reason
+        # Dead-lettered events not written: the file was at its bound.
+        self.dead_lettered_not_kept = 0
+        # Events sent to Kafka again in a new batch after Kafka refused theirs
+        # for another event's size or for the producer's record numbers.
+        self.sent_again = 0
         # Events Kafka took after they were spooled at drain: replayed twice.
         self.duplicates_possible = 0
         # zlog.loss events the broker made itself.
@@ -136,6 +141,8 @@ class Stats:
             "replayed": _by_class(self.replayed),
             "failed": _by_class(self.failed),
             "dead_lettered": dict(self.dead_lettered),
+            "dead_lettered_not_kept": self.dead_lettered_not_kept,
+            "sent_again": self.sent_again,
             "duplicates_possible": self.duplicates_possible,
             "generated": self.generated,
             "losses_reported": dict(self.losses.reported),
