@@ -195,41 +195,135 @@ def test_kafka_unreachable_from_start_spools_then_publishes_exactly_once(
     assert restarted.terminate() == 0
 
 
-def test_sigkill_under_load_keeps_every_acked_event(
+def loss_reports(records, host: str, pid: int) -> list[dict]:
+    """The context of every zlog.loss event in ``records`` about one origin."""
+    reports = []
+    for record in records:
+        payload = json.loads(record.value).get("payload", {})
+        context = payload.get("context", {})
+        if payload.get("message") == "zlog.loss" and context["origin"] == {
+            "host": host,
+            "pid": pid,
+        }:
+            reports.append(context)
+
+    return reports
+
+
+def test_sigkill_under_load_loses_exactly_what_the_next_broker_reports(
     start_broker, topics, kafka_bootstrap
 ):
-    """After SIGKILL and a restart on the same spool, every acked event is in Kafka.
+    """SIGKILL under load, restart on the same spool: every acked event is in
+    Kafka, and the unacked events lost are the ones the next broker reports.
 
-    The events lost are all unacknowledged, and no more than the broker last
-    reported received but not yet settled.
+    The next broker reads the killed one's hand-off ledger and reports, as
+    zlog.loss events, the numbers the killed broker never read (a sequence
+    gap, revealed by the emitter's next numbers) and the events it had handed
+    to Kafka that Kafka never confirmed (unconfirmed_at_crash, with their
+    numbers). Each unconfirmed event may be in Kafka or lost, and only Kafka
+    knows which: so the lost events outside them must equal the reported gap
+    exactly, and the lost ones inside them are reported by their numbers.
     """
-    broker = start_broker()
+    interval = ("--loss-report-interval-s", "1")
+    broker = start_broker(*interval)
     sender = AckingSender(broker.socket_path, proc=2)
     for _ in range(20):
         sender.send(500)
         sender.collect(0.05)
-    before_kill = status(broker.socket_path)
     sender.send(500)
     broker.kill()
     sender.collect(0.5)
-    sender.close()
-    totals = before_kill["totals"]
-    unsettled = totals["received"] - totals["published"] - totals["spooled"]
-    unsettled += sender.sent - totals["received"]
+    sent_before_restart = sender.sent
 
-    restarted = start_broker()
+    restarted = start_broker(*interval)
+    # The emitter goes on: what its socket still held reaches the new broker,
+    # and its next numbers reveal what the killed broker never read.
+    sender.send(100)
+    after_restart = set(range(sent_before_restart, sender.sent))
+    wait_for(lambda: sender.collect(0.2) or after_restart <= sender.acked, 30)
+    # Settled: the gap is confirmed, the first reports (one interval after
+    # the start) are made, and Kafka acknowledged them.
+    state = wait_for(
+        lambda: (
+            (s := status(restarted.socket_path))["sequence"]["pending"] == 0
+            and s["kafka"]["batches_in_flight"] == 0
+            and s["uptime_s"] > 2.5
+            and s
+        ),
+        timeout_s=30,
+    )
+    sender.close()
     records = consume(kafka_bootstrap, topics.all(), len(sender.acked), timeout_s=60)
-    ids = ids_of(records)
-    in_kafka = {int(i.split("-")[1]) for i in ids}
+    in_kafka = {int(i.split("-")[1]) for i in ids_of(records)}
+    reports = loss_reports(records, "test", 2)
+    gap = sum(r["counts"].get("sequence_gap", 0) for r in reports)
+    unconfirmed_count = sum(r["counts"].get("unconfirmed_at_crash", 0) for r in reports)
+    unconfirmed = {
+        seq - 1  # event i carries sequence number i + 1
+        for report in reports
+        for first, last in report.get("unconfirmed_seqs", [])
+        for seq in range(first, last + 1)
+    }
     lost = set(range(sender.sent)) - in_kafka
 
     print(
         f"\nsent {sender.sent}, acked {len(sender.acked)}, in Kafka {len(in_kafka)}, "
-        f"lost {len(lost)}, broker-reported unsettled bound {unsettled}"
+        f"lost {len(lost)}; reported: gap {gap}, unconfirmed {len(unconfirmed)} "
+        f"({len(lost & unconfirmed)} of them lost)"
     )
     assert sender.acked <= in_kafka
-    assert not lost & sender.acked
-    assert len(lost) <= unsettled
+    assert len(lost - unconfirmed) == gap, "lost outside the unconfirmed = gap"
+    assert unconfirmed_count == len(unconfirmed)
+    assert state["losses_reported"] == {
+        reason: count
+        for reason, count in (
+            ("sequence_gap", gap),
+            ("unconfirmed_at_crash", unconfirmed_count),
+        )
+        if count
+    }
+    assert restarted.terminate() == 0
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [pytest.param("terminate", id="sigterm"), pytest.param("kill", id="idle-sigkill")],
+)
+def test_a_broker_that_settled_everything_leaves_nothing_to_report(
+    start_broker, topics, kafka_bootstrap, stop
+):
+    """Stopped by SIGTERM, or killed once idle, a broker leaves no unconfirmed
+    event and no gap in its ledger: the next one reports no loss. That holds
+    for a batch Kafka refused as too large and then took in pieces too."""
+    small_topic = f"{topics.application}.small"
+    create_topic(kafka_bootstrap, small_topic, **{"max.message.bytes": "2048"})
+    interval = ("--loss-report-interval-s", "1")
+    broker = start_broker(*interval)
+    sender = AckingSender(broker.socket_path, proc=3)
+    sender.send(1000)
+    small = [b'{"id":"small-%d"}' % i for i in range(200)]
+    values = [*small[:100], too_large(), *small[100:]]
+    replies = send_to_topic(broker.socket_path, small_topic, values, together=True)
+    sender.settle(30)
+    split = status(broker.socket_path)["sent_again"]
+    # Idle for a moment: the ledger forgets the settled events.
+    time.sleep(1)
+    getattr(broker, stop)()
+
+    restarted = start_broker(*interval)
+    sender.send(100)
+    sender.settle(30)
+    state = wait_for(
+        lambda: (s := status(restarted.socket_path))["uptime_s"] > 2.5 and s, 30
+    )
+    sender.close()
+
+    kinds = Counter(kind for kind, _ in replies.values())
+    assert kinds == {protocol.Kind.ACK: 200, protocol.Kind.NACK: 1}
+    assert split > 0, "the refused batch was sent again in pieces"
+    assert len(sender.acked) == 1100
+    assert state["losses_reported"] == {}
+    assert state["sequence"]["missing"] == state["sequence"]["pending"] == 0
     assert restarted.terminate() == 0
 
 
@@ -400,26 +494,37 @@ def create_topic(bootstrap: str, topic: str, **configs: str) -> None:
     asyncio.run(create())
 
 
-def send_to_topic(socket_path: Path, topic: str, values: list[bytes]) -> dict:
+def topic_event(topic: str, value: bytes, seq: int) -> list[bytes]:
+    """Frames of an acked event naming ``topic``, from origin test:99."""
+    return protocol.encode_event(
+        EventClass.TOPIC,
+        value,
+        host=b"test",
+        pid=99,
+        seq=seq,
+        topic=topic.encode(),
+        wants_ack=True,
+    )
+
+
+def send_to_topic(
+    socket_path: Path, topic: str, values: list[bytes], together: bool = False
+) -> dict:
     """Send acked events naming ``topic``, each after the last one's reply.
 
-    One at a time, so each is a batch of its own. Returns seq -> (kind, body).
+    One at a time, so each is a batch of its own; ``together`` sends them all
+    before reading a reply, so they share a batch. Returns seq -> (kind, body).
     """
     replies = {}
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.connect(f"ipc://{socket_path}")
+    if together:
+        for seq, value in enumerate(values, start=1):
+            dealer.send_multipart(topic_event(topic, value, seq))
     for seq, value in enumerate(values, start=1):
-        frames = protocol.encode_event(
-            EventClass.TOPIC,
-            value,
-            host=b"test",
-            pid=99,
-            seq=seq,
-            topic=topic.encode(),
-            wants_ack=True,
-        )
-        dealer.send_multipart(frames)
+        if not together:
+            dealer.send_multipart(topic_event(topic, value, seq))
         if dealer.poll(10_000):
             reply = protocol.decode_reply(dealer.recv_multipart())
             replies[reply.seq] = (reply.kind, reply.body.decode())

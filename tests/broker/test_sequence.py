@@ -142,3 +142,58 @@ def test_status_never_shows_negative_missing_for_a_threaded_origin(order):
     sequence = stats.status()["sequence"]
     assert (sequence["missing"], sequence["pending"]) == (0, 0)
     assert stats.losses.take() == {}
+
+
+def test_restored_origin_reveals_what_the_previous_broker_never_read():
+    """The first number after a restore opens the gap above the restored high."""
+    sequences = Sequences(Clock())
+    sequences.restore([("h", 1, 100, [])])
+
+    sequences.note("h", 1, 105)
+    pending = sequences.open
+    sequences.confirm(0.0)
+
+    assert pending == 4
+    assert sequences.take_confirmed() == {("h", 1): 4}
+
+
+def test_restored_gaps_stay_open_and_late_numbers_fill_them():
+    """A restored gap is pending like any other; a late number still closes it."""
+    sequences = Sequences(Clock())
+    sequences.restore([("h", 1, 100, [(90, 92)])])
+
+    sequences.note("h", 1, 91)
+    sequences.note("h", 1, 101)
+    sequences.confirm(0.0)
+
+    assert sequences.take_confirmed() == {("h", 1): 2}
+    assert sequences.out_of_order == 1
+
+
+def test_a_new_process_reusing_a_restored_pid_starts_afresh():
+    """A first number below the restored high and in no gap is another process:
+    the old one's gaps are lost, and the new one's numbers open no gap."""
+    sequences = Sequences(Clock())
+    sequences.restore([("h", 1, 100, [(90, 92)])])
+
+    for seq in (1, 2, 3):
+        sequences.note("h", 1, seq)
+    sequences.confirm(0.0)
+
+    assert sequences.take_confirmed() == {("h", 1): 3}
+    assert (sequences.open, sequences.out_of_order) == (0, 0)
+    assert sequences.take_changed() == [("h", 1, 3, [])]
+
+
+def test_changed_origins_are_taken_once_with_their_state():
+    """Each changed origin is listed once, as it is now, then not again."""
+    sequences = Sequences(Clock())
+    for seq in (1, 2, 5):
+        sequences.note("h", 1, seq)
+    sequences.note("g", 2, 1)
+
+    first = sorted(sequences.take_changed())
+    second = sequences.take_changed()
+
+    assert first == [("g", 2, 1, []), ("h", 1, 5, [(3, 4)])]
+    assert second == []

@@ -206,6 +206,11 @@ class BrokerConfig:
             object.__setattr__(self, "spool_path", default_spool_path(self.socket_path))
 
     @property
+    def ledger_path(self) -> Path:
+        """The hand-off ledger (``zlog.broker.handoff``): SQLite beside the spool."""
+        return self.spool_path.with_name(self.spool_path.stem + ".ledger.db")
+
+    @property
     def dead_letter_path(self) -> Path:
         """The dead-letter file: JSON lines beside the spool."""
         return self.spool_path.with_name(self.spool_path.stem + ".dead-letter.jsonl")

@@ -47,6 +47,11 @@ are counted per origin and published as ``zlog.loss`` application events
 every ``loss_report_interval_s`` when there are any, and at drain. A gap
 counts only once it has stayed open a whole interval, because one origin's
 threads send on separate connections and their numbers arrive out of order.
+Before any event is handed to Kafka or the spool, the broker records it in
+its hand-off ledger (``zlog.broker.handoff``), with each origin's highest
+number, so that after a SIGKILL the next broker reports what this one lost:
+the numbers it never read, as gaps, and the events Kafka had not confirmed,
+as ``unconfirmed_at_crash``.
 
 Shutdown. On SIGTERM or SIGINT the loop stops reading, the socket file is
 removed so new emitters cannot connect, messages already queued in the socket
@@ -71,12 +76,14 @@ from aiokafka.errors import KafkaError
 from zlog import protocol
 from zlog.broker.config import BrokerConfig
 from zlog.broker.deadletter import BadFrame, DeadLetters, clip_frames
+from zlog.broker.handoff import HandoffError, HandoffLedger, Unit
 from zlog.broker.listener import Listener
 from zlog.broker.logs import RateLimiter, get_logger
 from zlog.broker.loss import loss_events
 from zlog.broker.operations import Operations
 from zlog.broker.publisher import (
     MAX_RECONNECT_DELAY_S,
+    Answer,
     OpenBatch,
     Publisher,
     describe,
@@ -144,6 +151,11 @@ class Broker:
         self.dead_letters = DeadLetters(
             config.dead_letter_path, config.dead_letter_max_bytes
         )
+        self.handoff = HandoffLedger(config.ledger_path)
+        self._handoff_open = False
+        # Batches of a recorded unit not yet settled, by id(batch) before they
+        # are submitted and by id(batch.answer) after: (batch or answer, unit).
+        self._unit_of: dict[int, tuple[OpenBatch | Answer, Unit]] = {}
         self.ops = Operations(self)
         self.socket: zmq.Socket | None = None
         self.spool: Spool | None = None
@@ -196,6 +208,7 @@ class Broker:
             self._unwatch()
             await self.ops.close()
             self.listener.close()
+            await self._on_disk(self.handoff.close)
             if self.spool is not None:
                 await self._on_disk(self.spool.close)
             self._disk.shutdown(wait=True)
@@ -217,6 +230,38 @@ class Broker:
                 "spool_replay_pending",
                 path=str(config.spool_path),
                 events=self.spool.count,
+            )
+        await self._open_handoff()
+
+    async def _open_handoff(self) -> None:
+        """Take up what a killed predecessor left: its origins, its unconfirmed."""
+        path = str(self.config.ledger_path)
+        try:
+            restored = await self._on_disk(self.handoff.open)
+        except HandoffError as exc:
+            self.log.warning(
+                "ledger_unavailable",
+                reason=str(exc),
+                hint="losses at a crash of this broker will not be counted",
+            )
+            return
+        self._handoff_open = True
+        if restored.damaged is not None:
+            self.log.warning("ledger_replaced", path=path, reason=restored.damaged)
+        self.stats.sequences.restore(restored.origins)
+        for (host, pid), ranges in restored.unconfirmed.items():
+            self.stats.losses.add_unconfirmed(host, pid, ranges)
+        if restored.unconfirmed:
+            self.log.warning(
+                "unconfirmed_at_crash",
+                path=path,
+                origins=len(restored.unconfirmed),
+                events=sum(
+                    last - first + 1
+                    for ranges in restored.unconfirmed.values()
+                    for first, last in ranges
+                ),
+                hint="a previous broker died before Kafka confirmed these",
             )
 
     async def _connect(self) -> bool:
@@ -278,6 +323,8 @@ class Broker:
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 self._readable.clear()
                 if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    if self.handoff.dirty:
+                        self._record()
                     await self._wait_readable()
                 continue
             await self._cycle(self._take())
@@ -369,13 +416,23 @@ class Broker:
         """Send events to Kafka in batches, or behind the spool while it is used."""
         if not pairs:
             return
+        # The ledger names these events before any of them is handed on, so
+        # a broker killed from here on leaves them for the next one to report.
+        unit = self.handoff.unit(pairs)
+        recorded = self._record()
         if self.spooling:
-            await self._store(pairs)
+            # The spool's append queues behind the record in the disk thread.
+            await self._store(pairs, unit)
             return
         full, open_batches, unresolved = self._route(pairs)
+        if recorded is not None:
+            await recorded
         for topic, events in unresolved.items():
-            await self._route_late(topic, events, open_batches)
-        for batch in (*full, *open_batches.values()):
+            await self._route_late(topic, events, open_batches, full, unit)
+        batches = [*full, *open_batches.values()]
+        for batch in batches:
+            self._unit_of[id(batch)] = (batch, unit)
+        for batch in batches:
             await self._submit(batch)
         self.publisher.end_cycle()
 
@@ -390,7 +447,62 @@ class Broker:
             # Draining: a partition Kafka is slow to take must not hold the
             # sweep past its share of the drain time.
             timeout_s = max(0.1, self._sweep_until - time.monotonic())
-        await self.publisher.submit(batch, timeout_s)
+        answered = await self.publisher.submit(batch, timeout_s)
+        # From here the unit follows the batch's answer, which the pieces a
+        # refused batch is split into share.
+        entry = self._unit_of.pop(id(batch), None)
+        if entry is not None:
+            self._unit_of[id(batch.answer)] = (batch.answer, entry[1])
+            answered.add_done_callback(lambda _: self._answered(batch.answer))
+
+    def _answered(self, answer: Answer) -> None:
+        """Every piece of a batch is settled: its events published or refused
+        for good count now; those handed back were counted by the spool."""
+        entry = self._unit_of.pop(id(answer), None)
+        if entry is not None:
+            self.handoff.settle(entry[1], len(answer.final))
+
+    def _batch_done(self, batch: OpenBatch) -> None:
+        """A batch never submitted was refused for good: its events settled."""
+        entry = self._unit_of.pop(id(batch), None)
+        if entry is not None:
+            self.handoff.settle(entry[1], len(batch.events))
+
+    def _unit_for(self, batch: OpenBatch) -> Unit | None:
+        """The unit of a batch being spooled, whether submitted or not."""
+        entry = self._unit_of.pop(id(batch), None)
+        if entry is None and batch.answer is not None:
+            entry = self._unit_of.get(id(batch.answer))
+
+        return entry[1] if entry is not None else None
+
+    def _record(self) -> asyncio.Future | None:
+        """Queue a ledger write of what changed; None when nothing did."""
+        origins = self.stats.sequences.take_changed()
+        change = self.handoff.take_change(origins)
+        if change is None or not self._handoff_open:
+            return None
+        loop = asyncio.get_running_loop()
+        write = loop.run_in_executor(self._disk, self._write_handoff, change)
+        write.add_done_callback(self._handoff_written)
+
+        return write
+
+    def _write_handoff(self, change: object) -> HandoffError | None:
+        try:
+            self.handoff.write(change)
+        except HandoffError as exc:
+            return exc
+
+        return None
+
+    def _handoff_written(self, write: asyncio.Future) -> None:
+        if not write.cancelled() and write.result() is not None:
+            self._warn(
+                "ledger_write_failed",
+                reason=str(write.result()),
+                hint="losses at a crash of this broker may be miscounted",
+            )
 
     def _route(self, pairs: list[_Pair]) -> tuple:
         """Append each event to the open batch of its topic-partition. Kept lean."""
@@ -433,11 +545,13 @@ class Broker:
         topic: str,
         pairs: list[_Pair],
         open_batches: dict[tuple[str, int], OpenBatch],
+        full: list[OpenBatch],
+        unit: Unit,
     ) -> None:
         """Route events naming a topic the producer had no metadata for yet."""
         publisher = self.publisher
         if not await publisher.resolve_topic(topic):
-            self._refuse_unknown_topic(topic, pairs)
+            self._refuse_unknown_topic(topic, pairs, unit=unit)
             return
         now_ms = int(time.time() * 1000)
         for identity, message in pairs:
@@ -448,19 +562,25 @@ class Broker:
                     topic, partition
                 )
             if not batch.add(identity, message, now_ms):
-                await self._submit(batch)
+                full.append(batch)
                 batch = open_batches[topic, partition] = publisher.new_batch(
                     topic, partition
                 )
                 batch.add(identity, message, now_ms)
 
     def _refuse_unknown_topic(
-        self, topic: str, pairs: list[_Pair], replay: bool = False
+        self,
+        topic: str,
+        pairs: list[_Pair],
+        replay: bool = False,
+        unit: Unit | None = None,
     ) -> None:
         """Dead-letter events for a topic Kafka lacks or refuses (spool: Kafka away)."""
         batch = OpenBatch(None, topic, -1, replay=replay)
         for identity, message in pairs:
             batch.count(identity, message)
+        if unit is not None:
+            self._unit_of[id(batch)] = (batch, unit)
         if self.publisher.kafka_state != "connected":
             self._spill_batch(batch, "topic metadata unavailable")
             return
@@ -469,6 +589,7 @@ class Broker:
             "kafka_rejected", per=topic, topic=topic, events=len(pairs), reason=reason
         )
         self._reject_batch(batch, reason)
+        self._batch_done(batch)
 
     def _handle_other(self, frames: list[bytes], message: object) -> None:
         """Status requests, drop reports and frames that did not decode."""
@@ -551,7 +672,7 @@ class Broker:
 
         return await loop.run_in_executor(self._disk, function, *args)
 
-    def _store(self, pairs: list[_Pair]) -> asyncio.Future:
+    def _store(self, pairs: list[_Pair], unit: Unit | None = None) -> asyncio.Future:
         """Append events to the spool behind everything queued before them.
 
         The write is handed to the disk thread at once, so calls keep their
@@ -565,7 +686,7 @@ class Broker:
         loop = asyncio.get_running_loop()
         write = loop.run_in_executor(self._disk, self._append_and_stat, events)
         self._appending += 1
-        done = asyncio.ensure_future(self._settle_store(write, pairs))
+        done = asyncio.ensure_future(self._settle_store(write, pairs, unit))
         self._writes.add(done)
         done.add_done_callback(self._writes.discard)
 
@@ -576,7 +697,16 @@ class Broker:
 
         return result, self.spool.stats()
 
-    async def _settle_store(self, write: asyncio.Future, pairs: list[_Pair]) -> None:
+    async def _settle_store(
+        self, write: asyncio.Future, pairs: list[_Pair], unit: Unit | None
+    ) -> None:
+        try:
+            await self._count_store(write, pairs)
+        finally:
+            if unit is not None:
+                self.handoff.settle(unit, len(pairs))
+
+    async def _count_store(self, write: asyncio.Future, pairs: list[_Pair]) -> None:
         stats = self.stats
         try:
             result, spool_stats = await write
@@ -617,7 +747,8 @@ class Broker:
     def _spill_batch(self, batch: OpenBatch, reason: str) -> None:
         """A batch Kafka may take later: keep it in the spool."""
         identities = {id(event): identity for identity, event in batch.acks}
-        self._store([(identities.get(id(e)), e) for e in batch.events])
+        pairs = [(identities.get(id(e)), e) for e in batch.events]
+        self._store(pairs, self._unit_for(batch))
 
     def _reject_batch(self, batch: OpenBatch, reason: str) -> None:
         """A batch Kafka will never take: count it, nack it, dead-letter it.
@@ -746,7 +877,9 @@ class Broker:
         taken = self.stats.losses.take()
         if not taken:
             return
-        events = loss_events(taken, self._own_seq)
+        events = loss_events(taken, self._own_seq, self.stats.losses.take_ranges())
+        # The previous broker's unconfirmed events are in this report now.
+        self.handoff.release_restored()
         self._own_seq += len(events)
         self.stats.generated += len(events)
         self._warn(
@@ -813,6 +946,11 @@ class Broker:
         # the batches that were in flight, so this wait is short.
         while self._writes:
             await asyncio.wait(list(self._writes))
+        # Every settled unit leaves the ledger; only what Kafka never
+        # answered and the spool did not take stays for the next broker.
+        recorded = self._record()
+        if recorded is not None:
+            await recorded
         # Everything is published or spooled by now: a producer that does not
         # stop in the time left is abandoned, never waited for.
         await self.publisher.stop(max(0.1, deadline - time.monotonic()))

@@ -1,8 +1,11 @@
 """Loss accounting: what the broker knows was lost, per origin, and its report.
 
-Three sources feed the ledger: gaps in an origin's sequence numbers (counted
-by ``Stats.confirm_gaps``), drops an emitter reports itself, and events the
-spool evicted or refused. Counts pile up per origin until the broker takes
+Four sources feed the ledger: gaps in an origin's sequence numbers (counted
+by ``Stats.confirm_gaps``), drops an emitter reports itself, events the
+spool evicted or refused, and the events a killed broker had handed to Kafka
+without its confirmation (``zlog.broker.handoff``), which the next broker
+reports with their sequence ranges because each of them may or may not be in
+Kafka. Counts pile up per origin until the broker takes
 them and publishes one ``zlog.loss`` application event per origin, an
 envelope like any other, so consumers of the application topic see loss
 where they see everything else.
@@ -21,13 +24,26 @@ from collections import Counter
 from zlog import protocol
 from zlog.protocol import Event, EventClass
 
-__all__ = ["LOSS_MESSAGE", "SEQUENCE_GAP", "LossLedger", "loss_events"]
+__all__ = [
+    "LOSS_MESSAGE",
+    "SEQUENCE_GAP",
+    "UNCONFIRMED_AT_CRASH",
+    "LossLedger",
+    "loss_events",
+]
 
 LOSS_MESSAGE = "zlog.loss"
 
 # The ledger's reason for numbers missing from an origin's sequence for longer
 # than one loss-report interval.
 SEQUENCE_GAP = "sequence_gap"
+
+# The ledger's reason for events a broker that died had handed to Kafka (or
+# was about to) without Kafka's confirmation: in Kafka or lost, unknown which.
+UNCONFIRMED_AT_CRASH = "unconfirmed_at_crash"
+
+# A report lists at most this many sequence ranges per origin.
+MAX_RANGES_PER_REPORT = 256
 
 # A report names at most this many origins; the rest are summed under one
 # origin "other", so a flood of short-lived processes cannot flood Kafka.
@@ -41,11 +57,27 @@ class LossLedger:
 
     def __init__(self) -> None:
         self._pending: dict[_Origin, Counter[str]] = {}
+        # The sequence ranges of unconfirmed events, by origin, not yet taken.
+        self._unconfirmed: dict[_Origin, list[tuple[int, int]]] = {}
         self.reported: Counter[str] = Counter()  # by reason, since start
 
     def add(self, host: str, pid: int, reason: str, count: int) -> None:
         """Count ``count`` events of origin (host, pid) lost for ``reason``."""
         self._pending.setdefault((host, pid), Counter())[reason] += count
+
+    def add_unconfirmed(
+        self, host: str, pid: int, ranges: list[tuple[int, int]]
+    ) -> None:
+        """Count the events in ``ranges`` (inclusive) as unconfirmed at a crash."""
+        count = sum(last - first + 1 for first, last in ranges)
+        self.add(host, pid, UNCONFIRMED_AT_CRASH, count)
+        self._unconfirmed.setdefault((host, pid), []).extend(ranges)
+
+    def take_ranges(self) -> dict[_Origin, list[tuple[int, int]]]:
+        """The unconfirmed ranges by origin added since the last call."""
+        taken, self._unconfirmed = self._unconfirmed, {}
+
+        return taken
 
     def take(self) -> dict[_Origin, dict[str, int]]:
         """The positive counts by origin; they are cleared, the rest kept."""
@@ -64,10 +96,17 @@ class LossLedger:
         return taken
 
 
-def loss_events(taken: dict[_Origin, dict[str, int]], seq: int) -> list[Event]:
+def loss_events(
+    taken: dict[_Origin, dict[str, int]],
+    seq: int,
+    ranges: dict[_Origin, list[tuple[int, int]]] | None = None,
+) -> list[Event]:
     """One ``zlog.loss`` application event per origin in ``taken``.
 
     ``seq`` numbers the broker's own events; each event uses the next.
+    ``ranges`` gives an origin's unconfirmed sequence numbers, listed in its
+    event as ``unconfirmed_seqs`` (inclusive pairs, at most
+    ``MAX_RANGES_PER_REPORT``).
     """
     from zlog.client.envelope import EnvelopeBuilder
 
@@ -75,7 +114,16 @@ def loss_events(taken: dict[_Origin, dict[str, int]], seq: int) -> list[Event]:
     broker_host = socket.gethostname()
     tenant_id = os.environ.get("TENANT_ID") or "default"
     events = []
+    ranges = ranges or {}
     for (host, pid), counts in _capped(taken).items():
+        context = {
+            "origin": {"host": host, "pid": pid},
+            "counts": counts,
+            "total": sum(counts.values()),
+        }
+        if (host, pid) in ranges:
+            unconfirmed = sorted(ranges[host, pid])[:MAX_RANGES_PER_REPORT]
+            context["unconfirmed_seqs"] = [list(pair) for pair in unconfirmed]
         event_class, value, key, headers = builder.application(
             service_name="zlog-broker",
             instance_id=f"{broker_host}:{os.getpid()}",
@@ -83,11 +131,7 @@ def loss_events(taken: dict[_Origin, dict[str, int]], seq: int) -> list[Event]:
             logger="zlog.broker",
             message=LOSS_MESSAGE,
             code=LOSS_MESSAGE,
-            context={
-                "origin": {"host": host, "pid": pid},
-                "counts": counts,
-                "total": sum(counts.values()),
-            },
+            context=context,
             tenant_id=tenant_id,
         )
         seq += 1

@@ -14,6 +14,14 @@ never go down and a late arrival never produces a loss report.
 Numbers below the first one seen from an origin are never counted missing:
 they were sent before this broker started listening, or they are arriving
 late from another thread. Repeated numbers are counted out of order only.
+
+A broker can take up origins where a previous one stopped (``restore``, from
+the loss ledger a killed broker leaves): the origin's highest number and its
+open gaps. The next number that arrives from it then opens the gap of what
+the previous broker never read, and the restored gaps stay open like any
+other. When that first number is at or below the restored highest one and in
+no restored gap, the origin is a new process that reuses the pid: its
+restored gaps are confirmed lost and it starts afresh.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from __future__ import annotations
 import bisect
 import time
 
-__all__ = ["MAX_OPEN_GAPS", "MAX_TRACKED_ORIGINS", "Sequences"]
+__all__ = ["MAX_OPEN_GAPS", "MAX_TRACKED_ORIGINS", "OriginState", "Sequences"]
 
 # Per-origin tracking is kept for this many origins at most; a host rarely
 # runs more processes than this between two broker restarts.
@@ -34,6 +42,10 @@ MAX_TRACKED_ORIGINS = 65_536
 MAX_OPEN_GAPS = 1024
 
 _Origin = tuple[str, int]
+
+# (host, pid, highest number, open gaps as (first, last) pairs): what the loss
+# ledger keeps of an origin.
+OriginState = tuple[str, int, int, list[tuple[int, int]]]
 
 
 class _Track:
@@ -61,6 +73,10 @@ class Sequences:
         # Confirmed numbers by origin, not yet taken by ``take_confirmed``.
         self._confirmed: dict[_Origin, int] = {}
         self.confirmed_total = 0
+        # Origins whose highest number or gaps changed since ``take_changed``.
+        self._changed: set[_Origin] = set()
+        # Restored origins from which no number has arrived yet.
+        self._resuming: set[_Origin] = set()
 
     def __len__(self) -> int:
         return len(self._origins)
@@ -69,6 +85,9 @@ class Sequences:
         """Record that number ``seq`` of origin (host, pid) arrived."""
         origin = (host, pid)
         state = self._origins.get(origin)
+        self._changed.add(origin)
+        if self._resuming and origin in self._resuming:
+            state = self._resume(origin, state, seq)
         if state is None:
             if len(self._origins) >= MAX_TRACKED_ORIGINS:
                 self._forget_all()
@@ -95,6 +114,33 @@ class Sequences:
             self._count_confirmed(origin, count)
             if not gaps:
                 self._gapped.discard(origin)
+
+    def restore(self, origins: list[OriginState]) -> None:
+        """Take up origins where a previous broker left them.
+
+        Their gaps open now, so a late number still fills them within the
+        usual wait. An origin this broker already tracks is left as it is.
+        """
+        for host, pid, high, gaps in origins:
+            origin = (host, pid)
+            if origin in self._origins or len(self._origins) >= MAX_TRACKED_ORIGINS:
+                continue
+            state = self._origins[origin] = _Track(high)
+            for first, last in gaps:
+                self._open(origin, state, first, last)
+            self._resuming.add(origin)
+
+    def take_changed(self) -> list[OriginState]:
+        """The origins whose state changed since the last call, as they are now."""
+        changed, self._changed = self._changed, set()
+        states = []
+        for origin in changed:
+            state = self._origins.get(origin)
+            if state is not None:
+                gaps = [(first, last) for first, last, _ in state.gaps]
+                states.append((*origin, state.high, gaps))
+
+        return states
 
     def take_confirmed(self) -> dict[_Origin, int]:
         """Numbers confirmed lost since the last call, by origin."""
@@ -128,8 +174,24 @@ class Sequences:
         if not gaps:
             self._gapped.discard(origin)
 
+    def _resume(self, origin: _Origin, state: _Track, seq: int) -> _Track | None:
+        """The first number from a restored origin: the same process, or a new one."""
+        self._resuming.discard(origin)
+        if seq > state.high or any(g[0] <= seq <= g[1] for g in state.gaps):
+            return state
+        # A number the previous broker had already passed and was not
+        # waiting for: another process now has this pid. What the old one
+        # never delivered is lost.
+        lost = sum(last - first + 1 for first, last, _ in state.gaps)
+        self._count_confirmed(origin, lost)
+        self._gapped.discard(origin)
+        del self._origins[origin]
+
+        return None
+
     def _count_confirmed(self, origin: _Origin, count: int) -> None:
         if count:
+            self._changed.add(origin)
             self.open -= count
             self.confirmed_total += count
             self._confirmed[origin] = self._confirmed.get(origin, 0) + count
@@ -139,4 +201,5 @@ class Sequences:
         # and the numbers still open in their gaps are then never counted.
         self._origins.clear()
         self._gapped.clear()
+        self._resuming.clear()
         self.open = 0
