@@ -29,9 +29,11 @@ pytestmark = pytest.mark.kafka
 
 KAFKA_SCRIPT = str(Path(__file__).parents[2] / "scripts" / "kafka")
 
-# Three JVMs beside the rest of the suite on a 24 GiB, 2-core CI machine: a
-# third of the script's default heap each is plenty for a minute of test load.
-CLUSTER_HEAP = "-Xms128m -Xmx256m"
+# Three JVMs beside the rest of the suite on a 24 GiB, 2-core CI machine: half
+# the script's default heap each. Kafka's log cleaner takes 128 MiB of heap at
+# start (log.cleaner.dedupe.buffer.size), so a 256 MiB heap sometimes failed to
+# start a node (OutOfMemoryError in LogCleaner, two runs of four).
+CLUSTER_HEAP = "-Xms128m -Xmx384m"
 
 # Controller ports sit this far above broker ports (scripts/kafka).
 CONTROLLER_PORT_OFFSET = 100
@@ -50,10 +52,16 @@ def port_free(port: int) -> bool:
     return True
 
 
+# Node ports are drawn below this: Linux hands out ephemeral ports from 32768
+# up, and a client connection that took a node's port between the check and
+# Kafka's bind failed a node's start ("Unable to start acceptor").
+EPHEMERAL_PORTS_FROM = 32_768
+
+
 def free_base_port() -> int:
     """A port P with P..P+2 and their controller ports P+100..P+102 all free."""
     for _ in range(200):
-        base = random.randrange(20_000, 40_000)
+        base = random.randrange(20_000, EPHEMERAL_PORTS_FROM - 200)
         offsets = (0, CONTROLLER_PORT_OFFSET)
         ports = [base + n + offset for n in range(3) for offset in offsets]
         if all(port_free(port) for port in ports):
@@ -120,7 +128,8 @@ def status(socket_path: Path) -> dict:
 def test_one_node_killed_under_load_loses_no_acked_event(
     cluster, start_broker, start_senders, topics, tmp_path
 ):
-    """Node 2 of 3 is killed mid-load: every acked event is in Kafka, few twice."""
+    """Node 2 of 3 is killed mid-load: every event is acked, all are in Kafka,
+    few twice."""
     bootstrap = ",".join(f"127.0.0.1:{cluster + n}" for n in range(3))
     broker = start_broker("--topic-replication", "3", bootstrap=bootstrap)
     assert topic_config(bootstrap, topics.audit, "min.insync.replicas") == "2"
@@ -153,19 +162,12 @@ def test_one_node_killed_under_load_loses_no_acked_event(
         f"\nsent {sent}, acked {len(acked)}, nacked "
         f"{sum(len(r['nacked']) for r in reports)}, in Kafka {len(distinct)} "
         f"distinct, duplicates {duplicates}, spooled {state['totals']['spooled']}, "
-        f"load {load_s:.1f} s, node RSS {[b >> 20 for b in rss_bytes]} MiB"
+        f"load {load_s:.1f} s, node RSS {[b >> 20 for b in rss_bytes]} MiB, "
+        f"broker {state['totals']}"
     )
     assert acked <= distinct, f"{len(acked - distinct)} acked events not in Kafka"
     assert duplicates <= sent * 0.001
-    # TODO: about one run in four on a fresh CI machine, the broker stalls after
-    # the node is killed: 951 of 22,472 sent were acked, 3,030 reached Kafka,
-    # none were spooled and the 25 s load took 85 s. Acked events were all in
-    # Kafka even then (asserted above); the stall itself is an open bug of
-    # issue 5, so that run is reported as a known failure, not as a pass.
-    if len(acked) < sent * 0.99:
-        pytest.xfail(
-            f"known stall after a node kill: {len(acked)} of {sent} acked, "
-            f"{len(distinct)} in Kafka, {state['totals']['spooled']} spooled"
-        )
-    assert len(acked) >= sent * 0.99
+    # A broker that stops reading or answering leaves events unanswered when
+    # the senders give up waiting (sender.REPLY_WAIT_S after the load).
+    assert len(acked) == sent, f"{sent - len(acked)} of {sent} events not acked"
     assert broker.terminate() == 0

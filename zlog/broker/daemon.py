@@ -108,8 +108,10 @@ DRAIN_SPILL_SHARE = 0.2
 REPLAY_RECORDS = 4000
 REPLAY_BYTES = 4 << 20
 
-# A replay step waits this long at most for Kafka's answers: a backstop only,
-# since the producer fails a batch by itself after send_timeout_s.
+# A replay step waits this long at most for Kafka's answers. With acks=all
+# the producer is idempotent and retries a batch sent to a known leader until
+# Kafka answers; only a partition without a leader fails its batch after
+# send_timeout_s (aiokafka 0.14, sender and accumulator).
 REPLAY_WAIT_LIMIT_S = 120.0
 
 # An idle receive loop looks at the socket this often even without a wakeup.
@@ -822,8 +824,8 @@ class Broker:
             batch.replay = True
             answers.append(await self.publisher.submit(batch))
         if answers:
-            # The producer expires a batch after send_timeout_s of failures;
-            # giving up before it would replay events Kafka may still take.
+            # Kafka may still take a batch the producer is retrying; giving
+            # up before it would replay those events twice.
             await asyncio.wait(answers, timeout=REPLAY_WAIT_LIMIT_S)
         by_event = {id(record.event): record.id for record in records}
         done_ids = [
