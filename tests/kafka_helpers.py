@@ -1,12 +1,40 @@
-"""Reading what the broker wrote: consume whole topics with aiokafka."""
+"""Reading what the broker wrote, and ports for private Kafka nodes."""
 
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+
+# Linux hands out ephemeral ports from 32768 up. A private Kafka on such a
+# port that a test stops and starts again can find it taken: a client retrying
+# its connection meanwhile may connect to itself there (TCP simultaneous open).
+EPHEMERAL_PORTS_FROM = 32_768
+
+
+def private_kafka_port(*offsets: int) -> int:
+    """A free port below the ephemeral range, with ``port + offset`` free too
+    for each offset (a node's controller and SASL listeners)."""
+    for _ in range(200):
+        port = random.randrange(20_000, EPHEMERAL_PORTS_FROM - max(offsets, default=0))
+        if all(_bindable(port + offset) for offset in (0, *offsets)):
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+
+    return True
+
 
 # After the expected count arrived, keep reading this long so that duplicates,
 # which would arrive after it, are caught too.

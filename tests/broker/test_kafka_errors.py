@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.admin import CreateAclsRequest
-from kafka_helpers import consume
+from kafka_helpers import consume, private_kafka_port
 
 from zlog import protocol
 
@@ -33,7 +32,6 @@ from .test_metrics import free_port, scrape
 from .test_reliability import (
     KAFKA_SCRIPT,
     AckingSender,
-    closed_port,
     ids_of,
     log_lines,
     send_to_topic,
@@ -95,16 +93,7 @@ def guarded_kafka() -> Iterator[GuardedKafka]:
 
 def kafka_port() -> int:
     """A free port whose controller (+100) and SASL (+200) ports are free too."""
-    while True:
-        port = closed_port()
-        others = (port + 100, port + SASL_PORT_OFFSET)
-        if others[-1] < 65536 and not any(listening(other) for other in others):
-            return port
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+    return private_kafka_port(100, SASL_PORT_OFFSET)
 
 
 def create_topics(bootstrap: str, *names: str) -> None:

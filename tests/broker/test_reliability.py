@@ -23,7 +23,7 @@ import pytest
 import zmq
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from conftest import broker_answers
-from kafka_helpers import consume
+from kafka_helpers import consume, private_kafka_port
 
 from zlog import protocol
 from zlog.protocol import EventClass
@@ -42,6 +42,9 @@ RSS_BUDGET_BYTES = 150 * 1024 * 1024
 # (closing the spool, the producer, the interpreter) takes up to a few seconds
 # more on a loaded two-core machine.
 DRAIN_TIMEOUT_S = 5
+
+# scripts/kafka puts a node's controller listener this far above its port.
+CONTROLLER_PORT_OFFSET = 100
 EXIT_SLACK_S = 5
 
 
@@ -617,7 +620,7 @@ def test_partition_goes_on_after_a_batch_refused_as_too_large(
 @pytest.fixture
 def private_kafka(tmp_path):
     """A single-node Kafka of this test's own on a free port; stopped at the end."""
-    port = closed_port()
+    port = private_kafka_port(CONTROLLER_PORT_OFFSET)
     command = [sys.executable, KAFKA_SCRIPT]
     subprocess.run([*command, "start", "--port", str(port)], check=True, timeout=180)
     try:
