@@ -723,7 +723,7 @@ class Broker:
         stored = [(i, e) for i, e in pairs if id(e) not in refused]
         for identity, event in stored:
             stats.spooled[event.event_class] += 1
-            if event.wants_ack:
+            if event.wants_ack and identity is not None:
                 self.reply(identity, protocol.encode_ack(event.seq))
                 stats.acks_sent += 1
         if refused:
@@ -742,7 +742,7 @@ class Broker:
         for identity, event in pairs:
             stats.failed[event.event_class] += 1
             stats.losses.add(event.host, event.pid, loss_reason, 1)
-            if event.wants_ack:
+            if event.wants_ack and identity is not None:
                 self.reply(identity, protocol.encode_nack(event.seq, reason))
                 stats.nacks_sent += 1
 
