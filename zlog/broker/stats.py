@@ -62,8 +62,10 @@ class Stats:
         self.sent_again = 0
         # Events Kafka took after they were spooled at drain: replayed twice.
         self.duplicates_possible = 0
-        # zlog.loss events the broker made itself.
+        # zlog.loss events the broker made itself, and the losses whose
+        # report failed (counted here, not in losses_reported).
         self.generated = 0
+        self.losses_not_reported = 0
         self.bad_frames: Counter[str] = Counter()
         # Bad frames written to the dead-letter file, and those only counted
         # (a write was under way, or the file reached its size).
@@ -146,6 +148,7 @@ class Stats:
             "duplicates_possible": self.duplicates_possible,
             "generated": self.generated,
             "losses_reported": dict(self.losses.reported),
+            "losses_not_reported": self.losses_not_reported,
             "totals": self.summary(),
             "bad_frames": dict(self.bad_frames),
             "bad_frames_kept": self.bad_frames_kept,
