@@ -25,6 +25,7 @@ hosts = st.text(max_size=60).filter(
     lambda s: len(s.encode()) <= protocol.MAX_HOST_BYTES
 )
 header_names = st.text(min_size=1, max_size=30)
+drop_reasons = st.from_regex(r"[a-z0-9_]{1,64}", fullmatch=True)
 headers = st.lists(st.tuples(header_names, st.binary(max_size=100)), max_size=8)
 envelopes = st.builds(
     lambda body: b'{"v":"' + body.encode() + b'"}',
@@ -114,14 +115,22 @@ def test_headers_round_trip(header_list):
 
 
 @given(
-    counts=st.dictionaries(header_names, st.integers(0, 10**18), max_size=5),
-    seq=u64,
+    counts=st.dictionaries(
+        drop_reasons, st.integers(0, 10**18), max_size=protocol.MAX_DROP_REASONS
+    )
 )
-def test_drop_report_round_trips(counts, seq):
-    """A drop report keeps its counts by reason, its origin and its number."""
-    frames = protocol.encode_drops(counts, host=b"h", pid=9, seq=seq)
+def test_drop_report_round_trips(counts):
+    """A drop report keeps its counts by reason and its origin."""
+    frames = protocol.encode_drops(counts, host=b"h", pid=9)
 
-    assert protocol.decode(frames) == DropReport(counts, "h", 9, seq)
+    assert protocol.decode(frames) == DropReport(counts, "h", 9)
+
+
+def test_drop_report_takes_no_sequence_number():
+    """A drop report's head carries sequence number 0: it is not an event."""
+    (frame,) = protocol.encode_drops({"error": 1}, host=b"h", pid=9)
+
+    assert HEAD.unpack_from(frame)[5] == 0
 
 
 @given(seq=u64, reason=st.text(max_size=100))
@@ -213,11 +222,40 @@ def _with_head(**fields) -> list[bytes]:
         ),
         pytest.param(
             [
-                protocol.encode_drops({}, host=b"h", pid=1, seq=1)[0]
+                protocol.encode_drops({}, host=b"h", pid=1)[0]
                 + b"\x00\x01r\x00\x00\x00\x01x"
             ],
             "bad_drops",
             id="drop-count-not-number",
+        ),
+        pytest.param(
+            protocol.encode_drops({"a" * 40_000: 1, "b" * 40_000: 1}, host=b"h", pid=1),
+            "bad_drops",
+            id="drop-reasons-of-40-kb",
+        ),
+        pytest.param(
+            protocol.encode_drops({"r" * 65: 1}, host=b"h", pid=1),
+            "bad_drops",
+            id="drop-reason-over-64-bytes",
+        ),
+        pytest.param(
+            protocol.encode_drops({"Queue Full": 1}, host=b"h", pid=1),
+            "bad_drops",
+            id="drop-reason-not-a-label",
+        ),
+        pytest.param(
+            protocol.encode_drops({"": 1}, host=b"h", pid=1),
+            "bad_headers",
+            id="drop-reason-empty",
+        ),
+        pytest.param(
+            protocol.encode_drops(
+                {f"r{i}": 1 for i in range(protocol.MAX_DROP_REASONS + 1)},
+                host=b"h",
+                pid=1,
+            ),
+            "bad_drops",
+            id="drop-reasons-too-many",
         ),
     ],
 )

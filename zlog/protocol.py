@@ -23,7 +23,10 @@ starts with 16 fixed bytes::
 An ``EVENT`` then carries 4 bytes of headers length, the Kafka headers (see
 ``encode_headers``), and as the rest of the frame the envelope (UTF-8 JSON),
 forwarded to Kafka untouched. A ``DROPS`` carries as its rest the counts by
-reason in the headers' form, each value an ASCII decimal.
+reason in the headers' form, each value an ASCII decimal, each reason a short
+label (``MAX_DROP_REASON_BYTES`` of ``a-z0-9_``), at most
+``MAX_DROP_REASONS`` of them; its sequence number is 0, because a drop
+report is not an event of the origin's sequence.
 
 Everything a broker reads is one frame, because every frame costs its
 receive loop more than the decode of the whole event: receiving the two
@@ -51,6 +54,8 @@ from typing import NamedTuple
 __all__ = [
     "FLAG_WANTS_ACK",
     "HEAD",
+    "MAX_DROP_REASONS",
+    "MAX_DROP_REASON_BYTES",
     "MAX_HOST_BYTES",
     "MAX_KEY_BYTES",
     "PROTOCOL_VERSION",
@@ -72,6 +77,7 @@ __all__ = [
     "encode_nack",
     "encode_status_reply",
     "encode_status_request",
+    "is_drop_reason",
 ]
 
 PROTOCOL_VERSION = 2
@@ -90,6 +96,13 @@ MAX_KEY_BYTES = 4096
 
 # RFC 1035 caps a host name at 253 characters; leave room for odd setups.
 MAX_HOST_BYTES = 255
+
+# A drop reason is a metric label, like the emitter's ``broker_unavailable``;
+# the broker carries it into its status document and its zlog.loss events, so
+# it is short and plain. An emitter knows five reasons; 16 leaves room.
+MAX_DROP_REASON_BYTES = 64
+MAX_DROP_REASONS = 16
+_DROP_REASON_RE = re.compile(rf"[a-z0-9_]{{1,{MAX_DROP_REASON_BYTES}}}\Z")
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -137,12 +150,14 @@ class Event(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class DropReport:
-    """An emitter's count, by reason, of events it dropped before sending."""
+    """An emitter's count, by reason, of events it dropped before sending.
+
+    It carries no sequence number: the dropped events took none either.
+    """
 
     counts: dict[str, int]
     host: str
     pid: int
-    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,11 +250,17 @@ def _routing(host: bytes, topic: bytes, key: bytes) -> bytes:
     )
 
 
-def encode_drops(
-    counts: dict[str, int], *, host: bytes, pid: int, seq: int
-) -> list[bytes]:
-    """Frames reporting events dropped before sending, by reason."""
-    fixed = HEAD.pack(PROTOCOL_VERSION, Kind.DROPS, 0, 0, pid, seq)
+def is_drop_reason(reason: str) -> bool:
+    """Whether ``reason`` is a label a drop report may carry."""
+    return _DROP_REASON_RE.match(reason) is not None
+
+
+def encode_drops(counts: dict[str, int], *, host: bytes, pid: int) -> list[bytes]:
+    """Frames reporting events dropped before sending, by reason.
+
+    Each reason must be a label ``decode`` accepts (see ``MAX_DROP_REASONS``).
+    """
+    fixed = HEAD.pack(PROTOCOL_VERSION, Kind.DROPS, 0, 0, pid, 0)
     body = encode_headers([(reason, str(n).encode()) for reason, n in counts.items()])
 
     return [b"".join((fixed, _routing(host, b"", b""), body))]
@@ -415,7 +436,7 @@ def _decode_event(
     )
 
 
-def _decode_drops(data: bytes, pid: int, seq: int) -> DropReport | FrameError:
+def _decode_drops(data: bytes, pid: int) -> DropReport | FrameError:
     routing = _read_routing(data)
     if routing.__class__ is FrameError:
         return routing
@@ -423,13 +444,24 @@ def _decode_drops(data: bytes, pid: int, seq: int) -> DropReport | FrameError:
     pairs = decode_headers(data[offset:])
     if pairs.__class__ is FrameError:
         return pairs
+    if len(pairs) > MAX_DROP_REASONS:
+        return FrameError(
+            "bad_drops",
+            f"drop report has {len(pairs)} reasons, limit {MAX_DROP_REASONS}",
+        )
     counts = {}
     for reason, count in pairs:
+        if not is_drop_reason(reason):
+            return FrameError(
+                "bad_drops",
+                f"drop reason {reason[:MAX_DROP_REASON_BYTES]!r} is not a label of "
+                f"1 to {MAX_DROP_REASON_BYTES} characters a-z, 0-9 or _",
+            )
         if not count.isdigit() or len(count) > 19:
             return FrameError("bad_drops", f"drop count for {reason!r} is not a number")
-        counts[reason] = int(count)
+        counts[reason] = counts.get(reason, 0) + int(count)
 
-    return DropReport(counts=counts, host=host, pid=pid, seq=seq)
+    return DropReport(counts=counts, host=host, pid=pid)
 
 
 def decode(frames: list[bytes]) -> Event | DropReport | StatusRequest | FrameError:
@@ -464,7 +496,7 @@ def decode_frame(data: bytes) -> Event | DropReport | StatusRequest | FrameError
     if kind == _EVENT:
         return _decode_event(data, event_class, flags, pid, seq)
     if kind == _DROPS:
-        return _decode_drops(data, pid, seq)
+        return _decode_drops(data, pid)
     if kind == _STATUS:
         if len(data) != _HEAD_SIZE:
             return FrameError("bad_head", "status request has bytes after its head")

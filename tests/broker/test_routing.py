@@ -219,22 +219,52 @@ def test_late_sequence_number_fills_its_gap():
     assert (sequence["missing"], sequence["out_of_order"]) == (0, 1)
 
 
-def test_drop_reports_add_up_per_origin_and_take_a_sequence_number():
-    """Drop reports carry increments: they are summed, and their number is no gap."""
+def drops(counts: dict[str, int], pid: int = 1) -> list[bytes]:
+    return [b"id", *protocol.encode_drops(counts, host=b"h", pid=pid)]
+
+
+def test_drop_reports_add_up_per_origin_and_leave_the_sequence_alone():
+    """Drop reports carry increments: they are summed, and they take no number."""
     broker = make_broker()
     reports = [
-        [b"id", *protocol.encode_drops({"queue_full": 3}, host=b"h", pid=1, seq=1)],
+        drops({"queue_full": 3}),
+        message(b"id", pid=1, seq=1),
+        drops({"queue_full": 5}),
         message(b"id", pid=1, seq=2),
-        [b"id", *protocol.encode_drops({"queue_full": 5}, host=b"h", pid=1, seq=3)],
-        [b"id", *protocol.encode_drops({"too_big": 1}, host=b"h", pid=2, seq=1)],
+        drops({"too_big": 1}, pid=2),
     ]
 
     route(broker, reports)
-
     broker.stats.confirm_gaps(0.0)
 
     assert broker.stats.drops_total() == {"queue_full": 8, "too_big": 1}
-    assert broker.stats.status()["sequence"]["missing"] == 0
+    sequence = broker.stats.status()["sequence"]
+    assert (sequence["missing"], sequence["out_of_order"]) == (0, 0)
+
+
+def test_drop_reasons_past_the_bound_of_an_origin_count_as_other():
+    """An origin names at most MAX_DROP_REASONS reasons; later new ones are other."""
+    broker = make_broker()
+    bound = protocol.MAX_DROP_REASONS
+    reports = [drops({f"r{i}": 1}) for i in range(bound + 3)] + [drops({"r0": 2})]
+
+    route(broker, reports)
+
+    counts = broker.stats.emitter_drops["h:1"]
+    assert len(counts) == bound + 1
+    assert (counts["other"], counts["r0"]) == (3, 3)
+    assert sum(broker.stats.losses.take()["h", 1].values()) == bound + 5
+
+
+def test_poison_drop_report_is_a_bad_frame_and_counts_nothing():
+    """A drop report with reasons of 40 KB each is refused as bad_drops."""
+    broker = make_broker()
+
+    route(broker, [drops({"a" * 40_000: 1, "b" * 40_000: 1})])
+
+    assert broker.stats.bad_frames == {"bad_drops": 1}
+    assert broker.stats.emitter_drops == {}
+    assert broker.stats.losses.take() == {}
 
 
 def test_gaps_and_emitter_drops_reach_the_loss_ledger_by_origin():
@@ -243,7 +273,7 @@ def test_gaps_and_emitter_drops_reach_the_loss_ledger_by_origin():
     messages = [
         message(b"id", pid=1, seq=1),
         message(b"id", pid=1, seq=4),
-        [b"id", *protocol.encode_drops({"queue_full": 3}, host=b"h", pid=2, seq=1)],
+        drops({"queue_full": 3}, pid=2),
     ]
 
     route(broker, messages)

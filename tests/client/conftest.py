@@ -17,12 +17,16 @@ class FakeBroker:
     """A ZeroMQ ROUTER in a thread that records what emitters send.
 
     ``reply`` decides the answer to events that want one: ``"ack"``,
-    ``"nack"`` or ``"silent"``.
+    ``"nack"`` or ``"silent"``. While ``paused`` is set it reads nothing, so
+    what emitters send piles up in ZeroMQ's queues (``rcvhwm`` messages on
+    its side) until their sends are refused.
     """
 
-    def __init__(self, socket_path: Path, reply: str = "ack") -> None:
+    def __init__(self, socket_path: Path, reply: str = "ack", rcvhwm: int = 1000):
         self.socket_path = socket_path
         self.reply = reply
+        self.rcvhwm = rcvhwm
+        self.paused = threading.Event()
         self.events: list[protocol.Event] = []
         self.drops: list[protocol.DropReport] = []
         self._stop = threading.Event()
@@ -35,11 +39,14 @@ class FakeBroker:
         context = zmq.Context()
         sock = context.socket(zmq.ROUTER)
         sock.linger = 0
+        sock.rcvhwm = self.rcvhwm
         sock.bind(f"ipc://{self.socket_path}")
         self._ready.set()
         try:
             while not self._stop.is_set():
-                if sock.poll(20):
+                if self.paused.is_set():
+                    self._stop.wait(0.01)
+                elif sock.poll(20):
                     self._handle(sock, sock.recv_multipart())
         finally:
             sock.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import zlog
+from zlog import protocol
 from zlog.client import emitter as emitter_module
 from zlog.client.emitter import Delivery, DropReason, Emitter
 from zlog.client.envelope import EnvelopeBuilder
@@ -103,17 +104,22 @@ def test_no_broker_drops_and_counts_without_blocking(socket_path: Path):
     assert emitter.stats().dropped == {DropReason.BROKER_UNAVAILABLE: 100}
 
 
-def test_drops_are_reported_on_next_successful_send(socket_path: Path):
-    """Drops counted while the broker was away reach it with the next event."""
+def test_drops_are_reported_on_next_successful_send_and_leave_no_gap(
+    socket_path: Path,
+):
+    """Drops counted while the broker was away reach it with the next event,
+    and took no sequence number: the broker sees 1, 2, 3, ... without a gap."""
     emitter = Emitter(socket_path, connect_grace_ms=0)
     try:
-        assert not emitter.send(*app_event())
+        dropped = [emitter.send(*app_event()) for _ in range(5)]
         broker = FakeBroker(socket_path)
         try:
             deadline = time.monotonic() + 5
             while not emitter.send(*app_event()) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            assert emitter.send(*app_event())
             assert emitter.flush(5)
+            seqs = [event.seq for event in broker.wait_for(2)]
             reported = sum(r.counts.get("broker_unavailable", 0) for r in broker.drops)
         finally:
             broker.stop()
@@ -121,8 +127,61 @@ def test_drops_are_reported_on_next_successful_send(socket_path: Path):
     finally:
         emitter.close(0)
 
-    assert reported == stats.dropped["broker_unavailable"] >= 1
+    assert dropped == [False] * 5
+    assert reported == stats.dropped["broker_unavailable"] >= 5
     assert stats.reported == stats.dropped
+    assert seqs == list(range(1, stats.sent + 1))
+
+
+def test_threads_filling_a_stalled_broker_number_only_what_zeromq_took(
+    socket_path: Path,
+):
+    """Four threads sending into a broker that does not read: every number the
+    broker receives is one of 1..sent, each once, so no drop leaves a gap."""
+    threads, per_thread = 4, 3000
+    broker = FakeBroker(socket_path, rcvhwm=100)
+    broker.paused.set()
+    emitter = Emitter(socket_path, queue_events=50)
+    barrier = threading.Barrier(threads)
+
+    def work() -> None:
+        barrier.wait()
+        for i in range(per_thread):
+            emitter.send(*app_event(str(i)))
+
+    try:
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+        broker.paused.clear()
+        stats = emitter.stats()
+        events = broker.wait_for(stats.sent)
+    finally:
+        emitter.close(0)
+        broker.stop()
+
+    assert stats.dropped["broker_unavailable"] > 0, "the queues never filled up"
+    assert stats.sent + stats.dropped["broker_unavailable"] == threads * per_thread
+    assert sorted(e.seq for e in events) == list(range(1, stats.sent + 1))
+
+
+def test_count_drop_keeps_reasons_a_drop_report_can_carry(socket_path: Path):
+    """A reason that is not a short label, or one too many, counts as other."""
+    emitter = Emitter(socket_path)
+    emitter.count_drop("Not A Label")
+    for i in range(20):
+        emitter.count_drop(f"reason_{i}")
+    emitter.count_drop("reason_0")
+
+    dropped = emitter.stats().dropped
+    emitter.close(0)
+
+    assert len(dropped) == protocol.MAX_DROP_REASONS
+    assert dropped["reason_0"] == 2
+    assert dropped[DropReason.OTHER] == 1 + 20 - (protocol.MAX_DROP_REASONS - 1)
+    assert all(protocol.is_drop_reason(reason) for reason in dropped)
 
 
 def test_acked_send_returns_true_on_ack(fake_broker, emitter):

@@ -47,6 +47,8 @@ are counted per origin and published as ``zlog.loss`` application events
 every ``loss_report_interval_s`` when there are any, and at drain. A gap
 counts only once it has stayed open a whole interval, because one origin's
 threads send on separate connections and their numbers arrive out of order.
+A report that cannot be made is logged and counted, never raised: loss
+reporting goes on, and the drain is not held up by it.
 Before any event is handed to Kafka or the spool, the broker records it in
 its hand-off ledger (``zlog.broker.handoff``), with each origin's highest
 number, so that after a SIGKILL the next broker reports what this one lost:
@@ -199,9 +201,11 @@ class Broker:
             # the collector's scans, which then cover only what cycles create.
             gc.freeze()
             self._tasks = [
-                asyncio.create_task(self._replay_loop()),
-                asyncio.create_task(self._loss_loop()),
+                asyncio.create_task(self._replay_loop(), name="replay"),
+                asyncio.create_task(self._loss_loop(), name="loss_report"),
             ]
+            for task in self._tasks:
+                task.add_done_callback(self._task_ended)
             await self._receive_loop()
             return await self._drain()
         finally:
@@ -874,22 +878,35 @@ class Broker:
 
         A sequence gap counts as lost once it has stayed open ``gap_age_s``:
         until then its numbers may still arrive on another connection.
+
+        Never raises: a report that fails is logged (once a minute) and its
+        events counted in ``losses_not_reported``, and the next report is
+        made as usual, so no report, however odd, ends loss reporting or
+        stops the drain.
         """
         self.stats.confirm_gaps(gap_age_s)
         taken = self.stats.losses.take()
         if not taken:
             return
-        events = loss_events(taken, self._own_seq, self.stats.losses.take_ranges())
-        # The previous broker's unconfirmed events are in this report now.
-        self.handoff.release_restored()
-        self._own_seq += len(events)
-        self.stats.generated += len(events)
-        self._warn(
-            "events_lost",
-            origins=len(taken),
-            total=sum(sum(c.values()) for c in taken.values()),
-        )
-        await self._dispatch([(None, event) for event in events])
+        total = sum(sum(counts.values()) for counts in taken.values())
+        self._warn("events_lost", origins=len(taken), total=total)
+        try:
+            ranges = self.stats.losses.take_ranges()
+            events = loss_events(taken, self._own_seq, ranges)
+            # The previous broker's unconfirmed events are in this report now.
+            self.handoff.release_restored()
+            self._own_seq += len(events)
+            self.stats.generated += len(events)
+            await self._dispatch([(None, event) for event in events])
+            self.stats.losses.mark_reported(taken)
+        except Exception as exc:
+            self.stats.losses_not_reported += total
+            self._warn(
+                "loss_report_failed",
+                reason=f"{exc.__class__.__name__}: {exc}",
+                events=total,
+                hint="these losses are counted in the status document only",
+            )
 
     def status_json(self) -> bytes:
         """The status document as JSON bytes."""
@@ -972,15 +989,29 @@ class Broker:
         return 0 if unsettled == 0 else 1
 
     async def _stop_tasks(self, deadline: float) -> None:
-        """Let a replay step in progress finish within the drain, then stop."""
+        """Let a replay step in progress finish within the drain, then stop.
+
+        Never raises: a task that failed was logged when it ended, and the
+        drain goes on to flush and spool whatever became of it.
+        """
         self._spool_ready.set()
         remaining_s = max(0.1, deadline - time.monotonic())
         await asyncio.wait(self._tasks, timeout=remaining_s / 2)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        """Log a background task that ended by an exception: nobody awaits it."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self.log.error(
+            "task_failed",
+            task=task.get_name(),
+            reason=f"{exc.__class__.__name__}: {exc}",
+            hint="the broker goes on without it until it is restarted",
+        )
 
 
 async def run_broker(config: BrokerConfig) -> int:

@@ -8,11 +8,15 @@ reports with their sequence ranges because each of them may or may not be in
 Kafka. Counts pile up per origin until the broker takes
 them and publishes one ``zlog.loss`` application event per origin, an
 envelope like any other, so consumers of the application topic see loss
-where they see everything else.
+where they see everything else. A report too large for one envelope is
+split over several events of the origin.
 
-A sequence gap reaches the ledger only once it has stayed open long enough
-that no late number will fill it (``zlog.broker.sequence``), so counts only
-grow, and what was reported is never taken back.
+The sources do not overlap: an event an emitter dropped took no sequence
+number (``zlog.client.emitter``), so it is counted as the emitter's drop and
+never again as a gap. A sequence gap reaches the ledger only once it has
+stayed open long enough that no late number will fill it
+(``zlog.broker.sequence``), so counts only grow, and what was reported is
+never taken back.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import socket
 from collections import Counter
 
 from zlog import protocol
+from zlog.client.envelope import EnvelopeBuilder, InvalidEvent
 from zlog.protocol import Event, EventClass
 
 __all__ = [
@@ -59,7 +64,8 @@ class LossLedger:
         self._pending: dict[_Origin, Counter[str]] = {}
         # The sequence ranges of unconfirmed events, by origin, not yet taken.
         self._unconfirmed: dict[_Origin, list[tuple[int, int]]] = {}
-        self.reported: Counter[str] = Counter()  # by reason, since start
+        # By reason, since start: what went out in zlog.loss events.
+        self.reported: Counter[str] = Counter()
 
     def add(self, host: str, pid: int, reason: str, count: int) -> None:
         """Count ``count`` events of origin (host, pid) lost for ``reason``."""
@@ -90,10 +96,13 @@ class LossLedger:
                     del counts[reason]
             if not counts:
                 del self._pending[origin]
-        for counts in taken.values():
-            self.reported.update(counts)
 
         return taken
+
+    def mark_reported(self, taken: dict[_Origin, dict[str, int]]) -> None:
+        """Add counts ``take`` gave to ``reported``, once their report went out."""
+        for counts in taken.values():
+            self.reported.update(counts)
 
 
 def loss_events(
@@ -101,32 +110,27 @@ def loss_events(
     seq: int,
     ranges: dict[_Origin, list[tuple[int, int]]] | None = None,
 ) -> list[Event]:
-    """One ``zlog.loss`` application event per origin in ``taken``.
+    """The ``zlog.loss`` application events reporting ``taken``, by origin.
 
     ``seq`` numbers the broker's own events; each event uses the next.
     ``ranges`` gives an origin's unconfirmed sequence numbers, listed in its
     event as ``unconfirmed_seqs`` (inclusive pairs, at most
-    ``MAX_RANGES_PER_REPORT``).
-    """
-    from zlog.client.envelope import EnvelopeBuilder
+    ``MAX_RANGES_PER_REPORT``). One event per origin, unless its context
+    would exceed the envelope's limit: the report is then split over several
+    events of that origin, whose counts add up to the origin's.
 
+    Raises:
+        InvalidEvent: an envelope could not be built even for one reason.
+    """
     builder = EnvelopeBuilder(strict=False)
     broker_host = socket.gethostname()
+    instance_id = f"{broker_host}:{os.getpid()}"
     tenant_id = os.environ.get("TENANT_ID") or "default"
-    events = []
-    ranges = ranges or {}
-    for (host, pid), counts in _capped(taken).items():
-        context = {
-            "origin": {"host": host, "pid": pid},
-            "counts": counts,
-            "total": sum(counts.values()),
-        }
-        if (host, pid) in ranges:
-            unconfirmed = sorted(ranges[host, pid])[:MAX_RANGES_PER_REPORT]
-            context["unconfirmed_seqs"] = [list(pair) for pair in unconfirmed]
-        event_class, value, key, headers = builder.application(
+
+    def build(context: dict) -> tuple:
+        return builder.application(
             service_name="zlog-broker",
-            instance_id=f"{broker_host}:{os.getpid()}",
+            instance_id=instance_id,
             level="WARN",
             logger="zlog.broker",
             message=LOSS_MESSAGE,
@@ -134,22 +138,69 @@ def loss_events(
             context=context,
             tenant_id=tenant_id,
         )
-        seq += 1
-        events.append(
-            Event(
-                event_class=EventClass(event_class),
-                topic=None,
-                key=key,
-                headers=_decoded(headers),
-                value=value,
-                host=broker_host,
-                pid=os.getpid(),
-                seq=seq,
-                wants_ack=False,
+
+    events = []
+    ranges = ranges or {}
+    for (host, pid), counts in _capped(taken).items():
+        unconfirmed = sorted(ranges.get((host, pid), ()))[:MAX_RANGES_PER_REPORT]
+        for event_class, value, key, headers in _built(
+            build, {"host": host, "pid": pid}, counts, unconfirmed
+        ):
+            seq += 1
+            events.append(
+                Event(
+                    event_class=EventClass(event_class),
+                    topic=None,
+                    key=key,
+                    headers=_decoded(headers),
+                    value=value,
+                    host=broker_host,
+                    pid=os.getpid(),
+                    seq=seq,
+                    wants_ack=False,
+                )
             )
-        )
 
     return events
+
+
+def _built(
+    build, origin: dict, counts: dict[str, int], unconfirmed: list[tuple[int, int]]
+) -> list[tuple]:
+    """One origin's report as envelopes: one, or halves while it is too large."""
+    context = {"origin": origin, "counts": counts, "total": sum(counts.values())}
+    if unconfirmed:
+        context["unconfirmed_seqs"] = [list(pair) for pair in unconfirmed]
+    try:
+        return [build(context)]
+    except InvalidEvent as exc:
+        halves = _halves(counts, unconfirmed)
+        if exc.reason != "too_large" or halves is None:
+            raise
+    first, second = halves
+
+    return [*_built(build, origin, *first), *_built(build, origin, *second)]
+
+
+def _halves(counts: dict[str, int], unconfirmed: list[tuple[int, int]]):
+    """A report's counts and ranges in two parts, or None when it cannot split.
+
+    The ranges stay with the count of unconfirmed events while there are
+    several reasons; then they are split, the second part counting nothing.
+    """
+    reasons = list(counts)
+    if len(reasons) > 1:
+        middle = len(reasons) // 2
+        first = {r: counts[r] for r in reasons[:middle]}
+        second = {r: counts[r] for r in reasons[middle:]}
+        if UNCONFIRMED_AT_CRASH in first:
+            return (first, unconfirmed), (second, [])
+        return (first, []), (second, unconfirmed)
+    if len(unconfirmed) > 1:
+        middle = len(unconfirmed) // 2
+        return (counts, unconfirmed[:middle]), ({}, unconfirmed[middle:])
+
+    return None
 
 
 def _capped(taken: dict[_Origin, dict[str, int]]) -> dict[_Origin, dict[str, int]]:

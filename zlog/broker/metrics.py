@@ -175,6 +175,11 @@ class _BrokerCollector:
                 "Dead-lettered events not written: the file was at its bound.",
             ),
             (
+                "losses_not_reported",
+                stats.losses_not_reported,
+                "Losses whose zlog.loss report failed; counted here only.",
+            ),
+            (
                 "events_sent_again",
                 stats.sent_again,
                 "Events sent again after Kafka refused their batch for another.",

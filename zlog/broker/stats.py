@@ -14,12 +14,16 @@ from typing import Any
 
 from zlog.broker.loss import SEQUENCE_GAP, LossLedger
 from zlog.broker.sequence import Sequences
-from zlog.protocol import DropReport, EventClass
+from zlog.protocol import MAX_DROP_REASONS, DropReport, EventClass
 
-__all__ = ["CLASS_NAMES", "Stats", "spool_status"]
+__all__ = ["CLASS_NAMES", "OTHER_DROP_REASON", "Stats", "spool_status"]
 
 # Index i names EventClass(i); TOPIC counts events that named their own topic.
 CLASS_NAMES = tuple(member.name.lower() for member in EventClass)
+
+# Drop reasons an origin reports past the ``MAX_DROP_REASONS`` it may name
+# are counted under this one, so no emitter can grow its counts without end.
+OTHER_DROP_REASON = "other"
 
 
 def spool_status(stats: object) -> dict:
@@ -62,8 +66,10 @@ class Stats:
         self.sent_again = 0
         # Events Kafka took after they were spooled at drain: replayed twice.
         self.duplicates_possible = 0
-        # zlog.loss events the broker made itself.
+        # zlog.loss events the broker made itself, and the losses whose
+        # report failed (counted here, not in losses_reported).
         self.generated = 0
+        self.losses_not_reported = 0
         self.bad_frames: Counter[str] = Counter()
         # Bad frames written to the dead-letter file, and those only counted
         # (a write was under way, or the file reached its size).
@@ -80,12 +86,17 @@ class Stats:
         self.losses = LossLedger()
 
     def count_drops(self, report: DropReport) -> None:
-        """Add a drop report to its origin's counts and to the loss ledger."""
-        origin = f"{report.host}:{report.pid}"
-        self.emitter_drops.setdefault(origin, Counter()).update(report.counts)
+        """Add a drop report to its origin's counts and to the loss ledger.
+
+        The dropped events took no sequence number, so they leave no gap:
+        each is counted here only.
+        """
+        counts = self.emitter_drops.setdefault(f"{report.host}:{report.pid}", Counter())
         for reason, count in report.counts.items():
+            if reason not in counts and len(counts) >= MAX_DROP_REASONS:
+                reason = OTHER_DROP_REASON
+            counts[reason] += count
             self.losses.add(report.host, report.pid, f"emitter_{reason}", count)
-        self.note_sequence(report.host, report.pid, report.seq)
 
     def note_sequence(self, host: str, pid: int, seq: int) -> None:
         """Note one number of an origin's sequence; gaps open, late ones fill."""
@@ -146,6 +157,7 @@ class Stats:
             "duplicates_possible": self.duplicates_possible,
             "generated": self.generated,
             "losses_reported": dict(self.losses.reported),
+            "losses_not_reported": self.losses_not_reported,
             "totals": self.summary(),
             "bad_frames": dict(self.bad_frames),
             "bad_frames_kept": self.bad_frames_kept,

@@ -30,6 +30,13 @@ counts not yet reported ride to the broker in a drop report right after the
 next event that goes through. ZeroMQ reconnects by itself when the broker
 restarts.
 
+Sequence numbers: an event takes the origin's next number only when ZeroMQ
+takes it. The number is written into the frame and the frame handed to
+ZeroMQ under one lock, and a send ZeroMQ refuses leaves the number for the
+next event, so the broker sees a gap only where an event ZeroMQ took never
+reached it. A dropped event is counted once, in the drop report, and never
+again as a gap.
+
 Fork: ``os.register_at_fork`` forgets the parent's emitter in the child (and
 keeps a reference to it, so that not even garbage collection touches the
 parent's context there). The child builds its own emitter on first use.
@@ -47,7 +54,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import enum
-import itertools
 import os
 import socket
 import sys
@@ -102,6 +108,10 @@ RECONNECT_IVL_MAX_MS = 1000
 _MORE = zmq.NOBLOCK | zmq.SNDMORE
 _LAST = zmq.NOBLOCK
 
+# An event as ``send`` takes it, not yet numbered: (class, envelope, key,
+# packed headers, topic, wants_ack). A plain tuple: one is made per event.
+_EventParts = tuple[EventClass, bytes, bytes, bytes, bytes, bool]
+
 # pyzmq's Socket.send adds a Python layer that costs more than ZeroMQ itself
 # (about 0.8 µs a frame); the compiled method underneath takes the same
 # arguments we pass, so the hot path calls it directly.
@@ -116,6 +126,7 @@ class DropReason:
     TOO_LARGE = "too_large"  # context over 64 KiB or envelope over 1 MiB
     CLOSED = "closed"  # emitted after the emitter closed (interpreter exit)
     ERROR = "error"  # an unexpected failure inside the client
+    OTHER = "other"  # a reason given to count_drop that a report cannot carry
 
 
 class Delivery(enum.Enum):
@@ -209,7 +220,10 @@ class Emitter:
         self._dropped: dict[str, int] = {}
         self._unreported: dict[str, int] = {}
         self._reported: dict[str, int] = {}
-        self._seq = itertools.count(1)
+        # The next sequence number, taken under the lock by a send ZeroMQ
+        # accepts (see _send_numbered).
+        self._seq_lock = threading.Lock()
+        self._next_seq = 1
         self._closed = False
         self._warned = False
         # Replies read on any channel, and whether the last acked send's
@@ -258,23 +272,12 @@ class Emitter:
                 channel = self._open_channel()
                 if channel is None:
                     return False
-            seq = next(self._seq)
-            frames = protocol.encode_event(
-                event_class,
-                value,
-                host=self.host,
-                pid=self.pid,
-                seq=seq,
-                key=key,
-                headers=headers,
-                topic=topic,
-                wants_ack=wants_ack,
-            )
+            event = (event_class, value, key, headers, topic, wants_ack)
             if wants_ack:
                 timeout = self.ack_timeout_s if timeout_s is None else timeout_s
-                delivery = self._send_acked(channel, frames, seq, timeout)
+                delivery = self._send_acked(channel, event, timeout)
                 return delivery is Delivery.ACKED
-            if not self._send_now(channel, frames):
+            if not self._send_now(channel, event):
                 return False
             channel.sent += 1
             if self._unreported:
@@ -305,30 +308,22 @@ class Emitter:
             channel = self._channel_or_none()
             if channel is None:
                 return Delivery.CLOSED
-            seq = next(self._seq)
-            frames = protocol.encode_event(
-                event_class,
-                value,
-                host=self.host,
-                pid=self.pid,
-                seq=seq,
-                key=key,
-                headers=headers,
-                topic=topic,
-                wants_ack=True,
-            )
+            event = (event_class, value, key, headers, topic, True)
             timeout = self.ack_timeout_s if timeout_s is None else timeout_s
-            return self._send_acked(channel, frames, seq, timeout)
+            return self._send_acked(channel, event, timeout)
         except Exception as exc:
             self._fail(exc)
 
         return Delivery.UNAVAILABLE
 
     def count_drop(self, reason: str) -> None:
-        """Count an event dropped before it reached ``send`` (e.g. invalid)."""
-        with self._lock:
-            self._dropped[reason] = self._dropped.get(reason, 0) + 1
-            self._unreported[reason] = self._unreported.get(reason, 0) + 1
+        """Count an event dropped before it reached ``send`` (e.g. invalid).
+
+        ``reason`` is a label a drop report can carry (``protocol.is_drop_reason``);
+        any other, or a new one past the ``protocol.MAX_DROP_REASONS`` an
+        emitter may name, is counted as ``other``.
+        """
+        self._count(reason)
 
     def stats(self) -> EmitterStats:
         """A snapshot of the counts, summed over every thread."""
@@ -360,8 +355,13 @@ class Emitter:
                 return False
             deadline = time.monotonic() + timeout_s
             frames = protocol.encode_status_request(self.pid)
-            if not self._send_by(channel, frames, deadline):
-                return False
+            while True:
+                try:
+                    _send_frames(channel.socket, frames)
+                    break
+                except zmq.Again:
+                    if not _wait_for_room(channel.socket, deadline):
+                        return False
             reply = self._await_reply(channel, deadline, protocol.Kind.STATUS_REPLY)
         except Exception as exc:
             self._fail(exc, drop=False)
@@ -473,10 +473,37 @@ class Emitter:
             channel.socket.close()
         self._channels = alive
 
-    def _send_now(self, channel: _Channel, frames: list[bytes]) -> bool:
-        sock = channel.socket
+    def _send_numbered(self, sock: zmq.Socket, event: _EventParts) -> int:
+        """Encode an event with the next number and queue it without waiting.
+
+        Returns the number. Raises ``zmq.Again`` (or another ``ZMQError``)
+        when ZeroMQ did not take it: the number then goes to the next event.
+        The lock makes the number and the send one step for every thread of
+        the process; encoding under it costs less than numbering a frame
+        encoded before (a copy of it).
+        """
+        event_class, value, key, headers, topic, wants_ack = event
+        with self._seq_lock:
+            seq = self._next_seq
+            (frame,) = protocol.encode_event(
+                event_class,
+                value,
+                host=self.host,
+                pid=self.pid,
+                seq=seq,
+                key=key,
+                headers=headers,
+                topic=topic,
+                wants_ack=wants_ack,
+            )
+            _send_frame(sock, frame, _LAST)
+            self._next_seq = seq + 1
+
+        return seq
+
+    def _send_now(self, channel: _Channel, event: _EventParts) -> bool:
         try:
-            _send_frames(sock, frames)
+            self._send_numbered(channel.socket, event)
             return True
         except zmq.Again:
             pass
@@ -484,16 +511,16 @@ class Emitter:
             self._count(DropReason.CLOSED if self._closed else DropReason.ERROR)
             return False
         if channel.grace_until and time.monotonic() < channel.grace_until:
-            return self._send_in_grace(channel, frames)
+            return self._send_in_grace(channel, event)
         self._count(DropReason.BROKER_UNAVAILABLE)
 
         return False
 
-    def _send_in_grace(self, channel: _Channel, frames: list[bytes]) -> bool:
+    def _send_in_grace(self, channel: _Channel, event: _EventParts) -> bool:
         deadline = channel.grace_until
         channel.grace_until = 0.0
         try:
-            sent = self._send_by(channel, frames, deadline)
+            sent = self._send_by(channel, event, deadline) > 0
         except zmq.ZMQError:
             sent = False
         if not sent:
@@ -501,21 +528,21 @@ class Emitter:
 
         return sent
 
-    def _send_by(self, channel: _Channel, frames: list[bytes], deadline: float) -> bool:
-        """Send, waiting until ``deadline`` for room (or a connection)."""
+    def _send_by(self, channel: _Channel, event: _EventParts, deadline: float) -> int:
+        """Send an event, waiting until ``deadline`` for room (or a connection).
+
+        Returns its sequence number, or 0 when ZeroMQ did not take it in time.
+        """
         sock = channel.socket
         while True:
             try:
-                _send_frames(sock, frames)
-                return True
+                return self._send_numbered(sock, event)
             except zmq.Again:
-                remaining_ms = int((deadline - time.monotonic()) * 1000)
-                if remaining_ms <= 0:
-                    return False
-                sock.poll(remaining_ms, zmq.POLLOUT)
+                if not _wait_for_room(sock, deadline):
+                    return 0
 
     def _send_acked(
-        self, channel: _Channel, frames: list[bytes], seq: int, timeout_s: float
+        self, channel: _Channel, event: _EventParts, timeout_s: float
     ) -> Delivery:
         # No socket file, no broker: nothing to wait for.
         if not self._socket_file_exists():
@@ -531,7 +558,8 @@ class Emitter:
             deadline = short
         replies = self._replies
         try:
-            if not self._send_by(channel, frames, short):
+            seq = self._send_by(channel, event, short)
+            if not seq:
                 self._count(DropReason.BROKER_UNAVAILABLE)
                 return Delivery.UNAVAILABLE
             channel.sent += 1
@@ -580,7 +608,14 @@ class Emitter:
 
     def _count(self, reason: str) -> None:
         with self._lock:
-            self._dropped[reason] = self._dropped.get(reason, 0) + 1
+            dropped = self._dropped
+            if reason not in dropped:
+                # Past the bound ``other`` takes the last place, so a drop
+                # report never names more reasons than a broker accepts.
+                room = protocol.MAX_DROP_REASONS - (DropReason.OTHER not in dropped)
+                if len(dropped) >= room or not protocol.is_drop_reason(reason):
+                    reason = DropReason.OTHER
+            dropped[reason] = dropped.get(reason, 0) + 1
             self._unreported[reason] = self._unreported.get(reason, 0) + 1
 
     def _report_drops(self, channel: _Channel) -> None:
@@ -588,9 +623,7 @@ class Emitter:
             counts, self._unreported = self._unreported, {}
         if not counts:
             return
-        frames = protocol.encode_drops(
-            counts, host=self.host, pid=self.pid, seq=next(self._seq)
-        )
+        frames = protocol.encode_drops(counts, host=self.host, pid=self.pid)
         try:
             _send_frames(channel.socket, frames)
         except zmq.ZMQError:
@@ -601,6 +634,16 @@ class Emitter:
             target = self._reported if sent else self._unreported
             for reason, count in counts.items():
                 target[reason] = target.get(reason, 0) + count
+
+
+def _wait_for_room(sock: zmq.Socket, deadline: float) -> bool:
+    """Wait until ``sock`` may take a message or ``deadline`` passes; False then."""
+    remaining_ms = int((deadline - time.monotonic()) * 1000)
+    if remaining_ms <= 0:
+        return False
+    sock.poll(remaining_ms, zmq.POLLOUT)
+
+    return True
 
 
 def _send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
