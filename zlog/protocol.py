@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
     "FLAG_WANTS_ACK",
     "HEAD",
     "MAX_HOST_BYTES",
@@ -90,6 +91,11 @@ MAX_KEY_BYTES = 4096
 
 # RFC 1035 caps a host name at 253 characters; leave room for odd setups.
 MAX_HOST_BYTES = 255
+
+# The largest frame a broker takes (its ZeroMQ MAXMSGSIZE; a larger one makes
+# ZeroMQ drop the sender's connection) and the largest an emitter sends. The
+# envelope is capped at 1 MiB (COMPAT.md); routing and headers are small.
+DEFAULT_MAX_FRAME_BYTES = 1024 * 1024 + 64 * 1024
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")

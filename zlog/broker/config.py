@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zlog.errors import ConfigError
+from zlog.protocol import DEFAULT_MAX_FRAME_BYTES
 
 __all__ = [
     "ACKS",
@@ -71,9 +72,6 @@ DEFAULT_LINGER_MS = 0
 # Half of Kafka's default message.max.bytes (1 MiB + 12), measured before
 # compression, so a full batch always fits a request.
 DEFAULT_MAX_BATCH_BYTES = 512 * 1024
-
-# The envelope is capped at 1 MiB (COMPAT.md); the other frames are small.
-DEFAULT_MAX_FRAME_BYTES = 1024 * 1024 + 64 * 1024
 
 # Messages taken from the socket before handing a batch to Kafka: large enough
 # to fill several Kafka batches, small enough that status requests and acks

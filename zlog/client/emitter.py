@@ -24,6 +24,10 @@ Sending never waits longer than a bound:
   cut to ``connect_grace_ms`` until the broker answers anything again, so a
   silent broker costs a worker one full timeout, not one per event.
 
+A frame larger than ``max_frame_bytes`` (the broker's ``--max-frame-bytes``,
+same default) is never sent: ZeroMQ would drop the whole connection, and
+with it the events queued behind that frame. It is counted ``too_large``.
+
 The socket connects with ``IMMEDIATE`` set, so nothing queues for a broker
 that is not there: every loss is a counted drop, never a silent one. The
 counts not yet reported ride to the broker in a drop report right after the
@@ -61,12 +65,13 @@ import zmq
 import zmq.backend
 
 from zlog import endpoint, protocol
-from zlog.protocol import EventClass
+from zlog.protocol import DEFAULT_MAX_FRAME_BYTES, EventClass
 
 __all__ = [
     "DEFAULT_ACK_TIMEOUT_S",
     "DEFAULT_CONNECT_GRACE_MS",
     "DEFAULT_LINGER_MS",
+    "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_QUEUE_EVENTS",
     "Delivery",
     "DropReason",
@@ -113,7 +118,7 @@ class DropReason:
 
     BROKER_UNAVAILABLE = "broker_unavailable"  # no broker, or the queue is full
     INVALID = "invalid"  # the event failed validation
-    TOO_LARGE = "too_large"  # context over 64 KiB or envelope over 1 MiB
+    TOO_LARGE = "too_large"  # context, envelope or whole frame over its limit
     CLOSED = "closed"  # emitted after the emitter closed (interpreter exit)
     ERROR = "error"  # an unexpected failure inside the client
 
@@ -125,6 +130,7 @@ class Delivery(enum.Enum):
     NACKED = "nacked"  # the broker refused it (it says why in its counts)
     TIMED_OUT = "timed_out"  # sent, but no verdict came in time
     UNAVAILABLE = "unavailable"  # no broker took it in time; dropped
+    TOO_LARGE = "too_large"  # over max_frame_bytes: never sent; dropped
     CLOSED = "closed"  # the emitter is closed or belongs to another process
 
 
@@ -180,6 +186,8 @@ class Emitter:
         queue_events: events one thread may have queued before drops begin.
         connect_grace_ms: how long the first send on a new socket may wait
             for the connection when the socket file exists; 0 never waits.
+        max_frame_bytes: the largest frame sent; keep it at the broker's
+            ``--max-frame-bytes``. A larger frame is dropped as ``too_large``.
     """
 
     def __init__(
@@ -190,6 +198,7 @@ class Emitter:
         linger_ms: int = DEFAULT_LINGER_MS,
         queue_events: int = DEFAULT_QUEUE_EVENTS,
         connect_grace_ms: int = DEFAULT_CONNECT_GRACE_MS,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         self.socket_path: Path = endpoint.resolve_socket_path(socket_path)
         self.endpoint = endpoint.ipc_endpoint(self.socket_path)
@@ -197,8 +206,12 @@ class Emitter:
         self.linger_ms = linger_ms
         self.queue_events = queue_events
         self.connect_grace_ms = connect_grace_ms
+        self.max_frame_bytes = max_frame_bytes
         self.pid = os.getpid()
         self.host = socket.gethostname().encode()[: protocol.MAX_HOST_BYTES]
+        # An event's frame is these bytes plus its envelope, key, headers
+        # and topic (protocol.encode_event).
+        self._frame_overhead = protocol.HEAD.size + len(self.host) + 8
         self._generation = _fork_generation
         self._context: zmq.Context | None = None
         self._local = threading.local()
@@ -258,6 +271,8 @@ class Emitter:
                 channel = self._open_channel()
                 if channel is None:
                     return False
+            if self._too_large(value, key, headers, topic):
+                return False
             seq = next(self._seq)
             frames = protocol.encode_event(
                 event_class,
@@ -305,6 +320,8 @@ class Emitter:
             channel = self._channel_or_none()
             if channel is None:
                 return Delivery.CLOSED
+            if self._too_large(value, key, headers, topic):
+                return Delivery.TOO_LARGE
             seq = next(self._seq)
             frames = protocol.encode_event(
                 event_class,
@@ -472,6 +489,21 @@ class Emitter:
             self._retired.nacked += channel.nacked
             channel.socket.close()
         self._channels = alive
+
+    def _too_large(
+        self, value: bytes, key: bytes, headers: bytes, topic: bytes
+    ) -> bool:
+        """Whether the event's frame is over ``max_frame_bytes``; counts it if so.
+
+        Checked before the event takes a sequence number, so that the broker
+        sees no gap for it, only the drop.
+        """
+        size = self._frame_overhead + len(value) + len(key) + len(headers)
+        if size + len(topic) <= self.max_frame_bytes:
+            return False
+        self._count(DropReason.TOO_LARGE)
+
+        return True
 
     def _send_now(self, channel: _Channel, frames: list[bytes]) -> bool:
         sock = channel.socket
