@@ -17,12 +17,18 @@ class FakeBroker:
     """A ZeroMQ ROUTER in a thread that records what emitters send.
 
     ``reply`` decides the answer to events that want one: ``"ack"``,
-    ``"nack"`` or ``"silent"``.
+    ``"nack"`` or ``"silent"``. With ``reading=False`` it binds but reads
+    nothing until ``reading.set()``, as a broker busy elsewhere.
     """
 
-    def __init__(self, socket_path: Path, reply: str = "ack") -> None:
+    def __init__(
+        self, socket_path: Path, reply: str = "ack", *, reading: bool = True
+    ) -> None:
         self.socket_path = socket_path
         self.reply = reply
+        self.reading = threading.Event()
+        if reading:
+            self.reading.set()
         self.events: list[protocol.Event] = []
         self.drops: list[protocol.DropReport] = []
         self._stop = threading.Event()
@@ -39,6 +45,8 @@ class FakeBroker:
         self._ready.set()
         try:
             while not self._stop.is_set():
+                if not self.reading.wait(0.02):
+                    continue
                 if sock.poll(20):
                     self._handle(sock, sock.recv_multipart())
         finally:

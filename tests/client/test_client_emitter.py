@@ -444,6 +444,42 @@ def test_multiprocessing_pool_delivers(fake_broker, emitter, method):
     assert {e.pid for e in events} >= pids
 
 
+def emit_and_flush_in_child(count: int, socket_path: str) -> bool:
+    """Pool task: emit ``count`` events, then wait until the broker has them."""
+    emit_in_child(count, socket_path)
+
+    return zlog.flush(timeout_s=20)
+
+
+def test_pool_terminated_after_tasks_that_flush_loses_nothing(socket_path):
+    """Leaving ``with Pool()`` terminates the workers; a flushed task lost nothing.
+
+    The broker reads nothing while the tasks run, so without the flush their
+    events would still sit in the workers' ZeroMQ queues when SIGTERM came.
+    """
+    broker = FakeBroker(socket_path, reading=False)
+    threading.Timer(0.5, broker.reading.set).start()
+    try:
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            flushed = pool.starmap(
+                emit_and_flush_in_child, [(2000, str(socket_path))] * 2
+            )
+        events = broker.wait_for(4000, timeout_s=20)
+    finally:
+        broker.reading.set()
+        broker.stop()
+
+    assert flushed == [True, True]
+    assert len(events) == 4000
+
+
+def test_flush_without_events_is_true_at_once(socket_path, monkeypatch):
+    """A process that has sent nothing has nothing to wait for."""
+    monkeypatch.setattr(emitter_module, "_emitter", None)
+
+    assert zlog.flush(timeout_s=0)
+
+
 EXIT_SCRIPT = textwrap.dedent(
     """
     import sys, zlog

@@ -79,6 +79,7 @@ __all__ = [
     "EmitterStats",
     "close",
     "configure",
+    "flush",
     "get_emitter",
     "stats",
 ]
@@ -729,6 +730,21 @@ def stats() -> EmitterStats:
     emitter = _emitter
 
     return EmitterStats() if emitter is None else emitter.stats()
+
+
+def flush(timeout_s: float = 1.0) -> bool:
+    """Wait until the broker has received every event this thread sent.
+
+    True when it has, False after ``timeout_s``. A pool task that ends with
+    it loses nothing when the pool is terminated after the task (as leaving
+    ``with multiprocessing.Pool()`` does). True at once when this process
+    has sent nothing.
+    """
+    emitter = _emitter
+    if emitter is None or emitter.pid != os.getpid():
+        return True
+
+    return emitter.flush(timeout_s)
 
 
 def close(linger_ms: int | None = None) -> None:
