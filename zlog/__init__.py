@@ -27,6 +27,7 @@ from zlog.client.emitter import (
     EmitterStats,
     close,
     configure,
+    flush,
     get_emitter,
     stats,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "_global_publisher",
     "close",
     "configure",
+    "flush",
     "get_emitter",
     "publish_application_log",
     "publish_application_log_sync",

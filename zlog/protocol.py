@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
     "FLAG_WANTS_ACK",
     "HEAD",
     "MAX_DROP_REASONS",
@@ -103,6 +104,11 @@ MAX_HOST_BYTES = 255
 MAX_DROP_REASON_BYTES = 64
 MAX_DROP_REASONS = 16
 _DROP_REASON_RE = re.compile(rf"[a-z0-9_]{{1,{MAX_DROP_REASON_BYTES}}}\Z")
+
+# The largest frame a broker takes (its ZeroMQ MAXMSGSIZE; a larger one makes
+# ZeroMQ drop the sender's connection) and the largest an emitter sends. The
+# envelope is capped at 1 MiB (COMPAT.md); routing and headers are small.
+DEFAULT_MAX_FRAME_BYTES = 1024 * 1024 + 64 * 1024
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")

@@ -26,6 +26,7 @@ from conftest import broker_answers
 from kafka_helpers import consume, private_kafka_port
 
 from zlog import protocol
+from zlog.client.emitter import Delivery, Emitter
 from zlog.protocol import EventClass
 
 from .sender import make_event
@@ -682,4 +683,55 @@ def test_kafka_stopped_for_30_s_under_load_loses_nothing(
     assert len(ids) == sender.sent
     assert duplicates <= sender.sent * 0.001
     assert len(sender.acked) == sender.sent
+    assert broker.terminate() == 0
+
+
+def test_acked_events_are_settled_within_the_emitters_wait_when_kafka_stops(
+    start_broker, topics, private_kafka, socket_path
+):
+    """An idle broker whose Kafka stops acks audit events from its spool in time.
+
+    With acks=all the producer never gives up on a batch it has sent, so the
+    first events after the stop used to wait for Kafka's return while each
+    emitter's 5 s wait ran out. Now a batch unanswered after
+    ``ack_spool_after_s`` is spooled and acked; when Kafka returns and takes
+    that batch after all, the replay removes its events instead of sending
+    them a second time.
+    """
+    bootstrap = f"127.0.0.1:{private_kafka}"
+    command = [sys.executable, KAFKA_SCRIPT]
+    broker = start_broker(bootstrap=bootstrap)
+    emitter = Emitter(socket_path)
+    names = ["up"] + [f"down-{n}" for n in range(5)]
+
+    def send(name: str) -> tuple[Delivery, float]:
+        """The delivery, within the emitter's default wait, and its seconds."""
+        started = time.monotonic()
+        delivery = emitter.send_and_wait(
+            EventClass.AUDIT, b'{"id":"%s"}' % name.encode(), b"tenant"
+        )
+
+        return delivery, round(time.monotonic() - started, 2)
+
+    try:
+        first = send(names[0])
+        subprocess.run(
+            [*command, "stop", "--port", str(private_kafka)], check=True, timeout=120
+        )
+        during = [send(name) for name in names[1:]]
+        subprocess.run(
+            [*command, "start", "--port", str(private_kafka)], check=True, timeout=180
+        )
+        wait_for(
+            lambda: status(broker.socket_path)["spool"]["events"] == 0, timeout_s=120
+        )
+        records = consume(bootstrap, [topics.audit], len(names), timeout_s=60)
+        state = status(broker.socket_path)
+    finally:
+        emitter.close(0)
+
+    print(f"\noutage: {during}, spooled {state['spooled']}")
+    assert first[0] is Delivery.ACKED
+    assert [delivery for delivery, _ in during] == [Delivery.ACKED] * 5
+    assert ids_of(records) == Counter(names)
     assert broker.terminate() == 0

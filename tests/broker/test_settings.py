@@ -10,7 +10,10 @@ import pytest
 
 from zlog.broker import settings
 from zlog.broker.cli import config_from_args
+from zlog.broker.config import DEFAULT_ACK_SPOOL_AFTER_S
 from zlog.cli import build_parser
+from zlog.client.compat import PUBLISH_TIMEOUT_S
+from zlog.client.emitter import DEFAULT_ACK_TIMEOUT_S
 from zlog.errors import ConfigError
 
 ROOT = Path(__file__).parents[2]
@@ -244,3 +247,11 @@ def test_configuration_reference_lists_every_key_variable_and_flag():
         assert row in text, setting.key
         if setting.flag:
             assert f"`{setting.flag}`" in text, setting.flag
+
+
+def test_acked_events_are_spooled_well_before_emitters_stop_waiting():
+    """By default the broker settles an acked event Kafka has not taken (it
+    spools it and acks) with half the emitters' wait left for the spool's
+    write, the reply and a busy machine."""
+    for wait_s in (DEFAULT_ACK_TIMEOUT_S, PUBLISH_TIMEOUT_S):
+        assert wait_s / 2 >= DEFAULT_ACK_SPOOL_AFTER_S

@@ -19,14 +19,25 @@ class FakeBroker:
     ``reply`` decides the answer to events that want one: ``"ack"``,
     ``"nack"`` or ``"silent"``. While ``paused`` is set it reads nothing, so
     what emitters send piles up in ZeroMQ's queues (``rcvhwm`` messages on
-    its side) until their sends are refused.
+    its side) until their sends are refused. With ``reading=False`` it binds
+    but reads nothing until ``reading.set()``, as a broker busy elsewhere.
     """
 
-    def __init__(self, socket_path: Path, reply: str = "ack", rcvhwm: int = 1000):
+    def __init__(
+        self,
+        socket_path: Path,
+        reply: str = "ack",
+        rcvhwm: int = 1000,
+        *,
+        reading: bool = True,
+    ) -> None:
         self.socket_path = socket_path
         self.reply = reply
         self.rcvhwm = rcvhwm
         self.paused = threading.Event()
+        self.reading = threading.Event()
+        if reading:
+            self.reading.set()
         self.events: list[protocol.Event] = []
         self.drops: list[protocol.DropReport] = []
         self._stop = threading.Event()
@@ -46,6 +57,8 @@ class FakeBroker:
             while not self._stop.is_set():
                 if self.paused.is_set():
                     self._stop.wait(0.01)
+                elif not self.reading.wait(0.02):
+                    continue
                 elif sock.poll(20):
                     self._handle(sock, sock.recv_multipart())
         finally:

@@ -121,6 +121,24 @@ def test_validation_raises_before_publishing(fake_broker, fresh_global):
     assert fake_broker.events == []
 
 
+def test_long_correlation_id_raises_value_error_before_publishing(
+    fake_broker, fresh_global
+):
+    """A 300 KB correlation id is a ValueError naming it; nothing is sent."""
+    cid = "c" * 300_000
+    with pytest.raises(ValueError, match="correlation_id"):
+        asyncio.run(zlog.publish_application_log(**APP, correlation_id=cid))
+    with pytest.raises(ValueError, match="correlation_id"):
+        asyncio.run(
+            zlog.publish_audit_log(
+                action="a", actor="b", resource="r", outcome="x", correlation_id=cid
+            )
+        )
+
+    assert zlog.publish_application_log_sync(**APP)
+    assert len(fake_broker.wait_for(1)) == 1
+
+
 def test_oversized_envelope_returns_false(fake_broker, fresh_global):
     """An envelope over 1 MiB is not sent; the call returns False."""
     assert not zlog.publish_application_log_sync(**(APP | {"message": "m" * 2**20}))

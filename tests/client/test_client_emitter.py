@@ -17,10 +17,11 @@ import pytest
 
 import zlog
 from zlog import protocol
+from zlog.broker.config import BrokerConfig
 from zlog.client import emitter as emitter_module
 from zlog.client.emitter import Delivery, DropReason, Emitter
 from zlog.client.envelope import EnvelopeBuilder
-from zlog.protocol import EventClass
+from zlog.protocol import EventClass, encode_event
 
 from .conftest import FakeBroker
 
@@ -84,6 +85,64 @@ def test_sequence_numbers_increase_per_emitter(fake_broker, emitter):
 
     seqs = [e.seq for e in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
+
+
+def frame_bytes(emitter: Emitter, built: tuple) -> int:
+    """The size of the one frame ``emitter`` sends for ``built``."""
+    event_class, value, key, headers = built
+    [frame] = encode_event(
+        event_class, value, host=emitter.host, pid=1, seq=1, key=key, headers=headers
+    )
+
+    return len(frame)
+
+
+def test_frame_over_max_frame_bytes_is_dropped_as_too_large(fake_broker, emitter):
+    """A frame one byte over the limit is never sent and counts ``too_large``.
+
+    A frame of exactly the limit goes, and the dropped event takes no sequence
+    number, so the broker sees the drop report and no gap.
+    """
+    fits = app_event("fits")
+    over = app_event("fits!")
+    limit = frame_bytes(emitter, fits)
+    zlog.configure(socket_path=emitter.socket_path, max_frame_bytes=limit)
+    limited = zlog.get_emitter()
+
+    results = [limited.send(*fits), limited.send(*over), limited.send(*fits)]
+    assert limited.flush(5)
+    events = fake_broker.events
+
+    assert results == [True, False, True]
+    assert len(events) == 2 and events[1].seq == events[0].seq + 1
+    assert limited.stats().dropped == {DropReason.TOO_LARGE: 1}
+    assert [report.counts for report in fake_broker.drops] == [{"too_large": 1}]
+
+
+def test_acked_frame_over_max_frame_bytes_is_too_large_at_once(socket_path):
+    """An audit event whose frame is over the limit is refused without a wait."""
+    built = audit_event()
+    broker = FakeBroker(socket_path, reply="silent")
+    limit = frame_bytes(Emitter(socket_path), built) - 1
+    emitter = Emitter(socket_path, ack_timeout_s=5.0, max_frame_bytes=limit)
+    try:
+        delivery, elapsed_s = timed(emitter.send_and_wait, *built)
+        sent = emitter.send(*built, wants_ack=True)
+    finally:
+        emitter.close(0)
+        broker.stop()
+
+    assert delivery is Delivery.TOO_LARGE and sent is False
+    assert elapsed_s < 1.0
+    assert broker.events == []
+    assert emitter.stats().dropped == {DropReason.TOO_LARGE: 2}
+
+
+def test_default_frame_limit_is_the_brokers(socket_path):
+    """Emitter and broker refuse frames over the same size by default."""
+    broker_limit = BrokerConfig(socket_path=socket_path).max_frame_bytes
+
+    assert Emitter(socket_path).max_frame_bytes == broker_limit
 
 
 def test_no_broker_drops_and_counts_without_blocking(socket_path: Path):
@@ -442,6 +501,42 @@ def test_multiprocessing_pool_delivers(fake_broker, emitter, method):
 
     assert len(events) == 13
     assert {e.pid for e in events} >= pids
+
+
+def emit_and_flush_in_child(count: int, socket_path: str) -> bool:
+    """Pool task: emit ``count`` events, then wait until the broker has them."""
+    emit_in_child(count, socket_path)
+
+    return zlog.flush(timeout_s=20)
+
+
+def test_pool_terminated_after_tasks_that_flush_loses_nothing(socket_path):
+    """Leaving ``with Pool()`` terminates the workers; a flushed task lost nothing.
+
+    The broker reads nothing while the tasks run, so without the flush their
+    events would still sit in the workers' ZeroMQ queues when SIGTERM came.
+    """
+    broker = FakeBroker(socket_path, reading=False)
+    threading.Timer(0.5, broker.reading.set).start()
+    try:
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            flushed = pool.starmap(
+                emit_and_flush_in_child, [(2000, str(socket_path))] * 2
+            )
+        events = broker.wait_for(4000, timeout_s=20)
+    finally:
+        broker.reading.set()
+        broker.stop()
+
+    assert flushed == [True, True]
+    assert len(events) == 4000
+
+
+def test_flush_without_events_is_true_at_once(socket_path, monkeypatch):
+    """A process that has sent nothing has nothing to wait for."""
+    monkeypatch.setattr(emitter_module, "_emitter", None)
+
+    assert zlog.flush(timeout_s=0)
 
 
 EXIT_SCRIPT = textwrap.dedent(

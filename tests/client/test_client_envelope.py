@@ -10,6 +10,7 @@ import pytest
 
 from zlog.client.envelope import (
     MAX_CONTEXT_DEPTH,
+    MAX_CORRELATION_ID_CHARS,
     REDACTED,
     TRUNCATED,
     EnvelopeBuilder,
@@ -252,6 +253,43 @@ def test_lenient_mode_raises_invalid_event_with_a_reason():
     builder = EnvelopeBuilder(strict=False)
     with pytest.raises(InvalidEvent) as info:
         audit(builder, action=None)
+
+    assert info.value.reason == "invalid"
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(application, id="application"),
+        pytest.param(audit, id="audit"),
+        pytest.param(security, id="security"),
+    ],
+)
+def test_correlation_id_over_the_limit_raises_value_error_naming_it(build):
+    """A correlation id over 256 characters is refused before any envelope.
+
+    It travels in the envelope and three headers, so a long one makes a frame
+    larger than the broker takes.
+    """
+    too_long = "c" * (MAX_CORRELATION_ID_CHARS + 1)
+    with pytest.raises(ValueError, match="correlation_id must be at most 256"):
+        build(correlation_id=too_long)
+
+
+def test_correlation_id_at_the_limit_is_kept_in_envelope_and_headers():
+    """A correlation id of exactly 256 characters passes unchanged."""
+    cid = "c" * MAX_CORRELATION_ID_CHARS
+    _, value, _, headers = audit(correlation_id=cid)
+
+    assert json.loads(value)["correlation_id"] == cid
+    assert dict(decode_headers(headers))["x-correlation-id"] == cid.encode()
+
+
+def test_lenient_mode_refuses_a_long_correlation_id_as_invalid():
+    """The processor path gets InvalidEvent ``invalid`` naming the field."""
+    builder = EnvelopeBuilder(strict=False)
+    with pytest.raises(InvalidEvent, match="correlation_id") as info:
+        application(builder, correlation_id="c" * 300_000)
 
     assert info.value.reason == "invalid"
 

@@ -14,6 +14,7 @@ from kafka_helpers import consume
 
 import zlog
 from zlog.client import compat
+from zlog.endpoint import request_status
 
 pytestmark = pytest.mark.kafka
 
@@ -105,3 +106,44 @@ def test_broker_restart_mid_stream(start_broker, topics, kafka_bootstrap, client
     assert messages.count("after") == 50
     lost = 20 - messages.count("while down")
     assert stats.dropped.get("broker_unavailable", 0) >= lost
+
+
+def test_frame_over_the_brokers_limit_is_dropped_and_the_connection_survives(
+    start_broker, topics, kafka_bootstrap, client, socket_path
+):
+    """An event whose frame the broker would refuse never leaves the client.
+
+    Sent, it would make ZeroMQ drop the connection and the events queued
+    behind it; refused as ``too_large``, it is the only event missing, and
+    the broker hears of it as a drop, not as a sequence gap.
+    """
+    limit = 64 * 1024
+    start_broker("--max-frame-bytes", str(limit))
+    zlog.configure(socket_path=str(socket_path), max_frame_bytes=limit)
+    fields = dict(
+        service_name="shop",
+        instance_id="shop-1",
+        level="INFO",
+        logger_name="cart",
+        code="C",
+    )
+    send = zlog.publish_application_log_sync
+    results = [send(**fields, message="m", context={"n": n}) for n in range(100)]
+    big = send(**fields, message="m" * 100_000, context={"n": "big"})
+    results += [send(**fields, message="m", context={"n": n}) for n in range(100, 200)]
+    acked = zlog.publish_audit_log_sync(
+        action="checkout", actor="bob", resource="cart", outcome="success"
+    )
+    records = consume(kafka_bootstrap, [topics.application, topics.audit], 201)
+    status = json.loads(request_status(socket_path, timeout_s=5))
+
+    assert big is False and acked is True and all(results)
+    numbers = [
+        json.loads(r.value)["payload"]["context"].get("n")
+        for r in records
+        if r.topic == topics.application
+    ]
+    assert sorted(n for n in numbers if n is not None) == list(range(200))
+    assert zlog.stats().dropped == {"too_large": 1}
+    assert status["emitter_drops_total"] == {"too_large": 1}
+    assert status["sequence"]["pending"] == status["sequence"]["missing"] == 0

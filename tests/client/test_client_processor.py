@@ -137,6 +137,20 @@ def test_invalid_event_is_dropped_and_counted_never_raised(
     assert len(structlog_chain) == 1
 
 
+def test_long_correlation_id_is_dropped_as_invalid_never_raised(
+    fake_broker, structlog_chain
+):
+    """A line with a 300 KB correlation id is counted invalid; the next one goes."""
+    log = structlog.get_logger()
+    log.info("huge id", correlation_id="c" * 300_000)
+    log.info("next line")
+    [event] = fake_broker.wait_for(1)
+
+    assert payload(event)["message"] == "next line"
+    assert zlog.stats().dropped == {"invalid": 1}
+    assert len(structlog_chain) == 2
+
+
 def test_drop_mode_raises_drop_event(fake_broker, emitter):
     """With drop=True the event goes to zlog and nowhere else."""
     processor = zlog.ZlogProcessor(drop=True)

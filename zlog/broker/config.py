@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zlog.errors import ConfigError
+from zlog.protocol import DEFAULT_MAX_FRAME_BYTES
 
 __all__ = [
     "ACKS",
     "COMPRESSIONS",
     "DEFAULT_ACKS",
+    "DEFAULT_ACK_SPOOL_AFTER_S",
     "DEFAULT_APPLICATION_TOPIC",
     "DEFAULT_AUDIT_TOPIC",
     "DEFAULT_BOOTSTRAP_SERVERS",
@@ -72,9 +74,6 @@ DEFAULT_LINGER_MS = 0
 # compression, so a full batch always fits a request.
 DEFAULT_MAX_BATCH_BYTES = 512 * 1024
 
-# The envelope is capped at 1 MiB (COMPAT.md); the other frames are small.
-DEFAULT_MAX_FRAME_BYTES = 1024 * 1024 + 64 * 1024
-
 # Messages taken from the socket before handing a batch to Kafka: large enough
 # to fill several Kafka batches, small enough that status requests and acks
 # wait at most a few milliseconds.
@@ -90,9 +89,17 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0
 # Owner and group may write; others may not even connect.
 DEFAULT_SOCKET_MODE = 0o660
 
-# The old code bounded each send_and_wait by 5 s (COMPAT.md); a batch Kafka has
-# not acknowledged within this goes to the spool instead.
+# The old code bounded each send_and_wait by 5 s (COMPAT.md); a batch still
+# waiting in the producer after this goes to the spool instead. One already
+# sent is never given up with acks=all: see DEFAULT_ACK_SPOOL_AFTER_S.
 DEFAULT_SEND_TIMEOUT_S = 5.0
+
+# An emitter waits 5 s for an ack (COMPAT.md, zlog.client.emitter's
+# DEFAULT_ACK_TIMEOUT_S). With acks=all the producer never gives up on a
+# batch it has sent, so an acked event Kafka has not taken within this is
+# spooled and acked from there, leaving 3 s for the spool's write, the reply
+# and a busy machine.
+DEFAULT_ACK_SPOOL_AFTER_S = 2.0
 
 # One hour of outage at 500 events/s of 500-byte envelopes (docs/spool.md).
 DEFAULT_SPOOL_MAX_BYTES = 1 << 30
@@ -162,6 +169,7 @@ class BrokerConfig:
     recv_max_bytes: int = DEFAULT_RECV_MAX_BYTES
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
+    ack_spool_after_s: float = DEFAULT_ACK_SPOOL_AFTER_S
     spool_path: Path | None = None
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     # "application-only" or "any-class" (zlog.broker.spool.DropPolicy).
@@ -188,6 +196,8 @@ class BrokerConfig:
             raise ConfigError(f"socket mode {self.socket_mode:o} is not a mode")
         if self.send_timeout_s <= 0 or self.loss_report_interval_s <= 0:
             raise ConfigError("send_timeout_s and loss_report_interval_s must be > 0")
+        if self.ack_spool_after_s <= 0:
+            raise ConfigError("ack_spool_after_s must be > 0")
         if self.spool_max_bytes < 1 or self.dead_letter_max_bytes < 1:
             raise ConfigError(
                 "spool_max_bytes and dead_letter_max_bytes must be at least 1"

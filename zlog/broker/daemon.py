@@ -17,15 +17,20 @@ At the end of the cycle every open batch is handed to the producer with
 ``send_batch``. Status requests are answered in the same pass, drop reports
 and bad frames are counted.
 
-Spooling. A batch Kafka does not acknowledge within ``send_timeout_s``, or
-fails with a retriable error, is written to the spool, and from then on every
+Spooling. A batch the producer could not send within ``send_timeout_s``, a
+batch with senders waiting for an ack that Kafka has not acknowledged within
+``ack_spool_after_s`` (the emitters wait 5 s), or one that fails with a
+retriable error, is written to the spool, and from then on every
 new cycle goes to the spool too (one append per cycle, in a worker thread),
 behind what is there: the loop keeps draining the socket whatever Kafka
 does, and memory stays bounded by one cycle. A replay task publishes the
 spool oldest first once Kafka answers (peek, send, remove), and when the
 spool is empty new cycles go straight to Kafka again. Batches in flight at
 the moment Kafka failed are spooled as they fail, so they may land behind a
-few newer events: order holds except at that boundary.
+few newer events: order holds except at that boundary. With acks=all the
+producer keeps a batch it has sent until Kafka answers, so an acked batch
+spooled as overdue is *held*: the replay leaves its events alone until Kafka
+answers it, and removes them unsent if Kafka took it.
 
 Refusals that will not pass (record too large, authorization, a topic Kafka
 does not have) are written to the dead-letter file beside the spool, with
@@ -802,6 +807,7 @@ class Broker:
                 # Empty: appends in the disk thread are still spooling events.
                 if self._appending == 0 and self.spool.count == 0:
                     self.spooling = False
+                    self.publisher.forget_taken()
                     self.log.info("spool_drained", replayed=sum(self.stats.replayed))
                 else:
                     await asyncio.sleep(0.01)
@@ -821,7 +827,7 @@ class Broker:
         records = await self._on_disk(self.spool.peek, REPLAY_RECORDS, REPLAY_BYTES)
         if not records:
             return None
-        pairs = [(None, record.event) for record in records]
+        pairs, taken_ids = self._replayable(records)
         full, open_batches, unresolved = self._route(pairs)
         answers = []
         for batch in (*full, *open_batches.values()):
@@ -838,6 +844,7 @@ class Broker:
             if answer.done()
             for event in answer.result()
         ]
+        done_ids += taken_ids
         done_ids += await self._replay_unresolved(unresolved, records)
         all_done = len(done_ids) == len(records)
         if all_done:
@@ -848,6 +855,24 @@ class Broker:
         self.spool_status = spool_status(await self._on_disk(self.spool.stats))
 
         return all_done
+
+    def _replayable(self, records: list) -> tuple[list[_Pair], list[int]]:
+        """The records to send, and the ids of those Kafka took already.
+
+        An event spooled while its batch was still in the producer (held) is
+        not sent until Kafka answers that batch, and not at all if it took it.
+        """
+        pairs, taken_ids = [], []
+        replay_state = self.publisher.replay_state
+        for record in records:
+            state = replay_state(record.event)
+            if state is None:
+                pairs.append((None, record.event))
+            elif state:
+                taken_ids.append(record.id)
+                self.stats.replayed[record.event.event_class] += 1
+
+        return pairs, taken_ids
 
     async def _replay_unresolved(self, unresolved: dict, records: list) -> list[int]:
         """Spooled events for a topic Kafka lacks: dead-letter them if Kafka is up."""
@@ -960,6 +985,9 @@ class Broker:
             flushed = await self.publisher.flush(flush_s)
             for batch in self.publisher.abandon_in_flight():
                 self._spill_batch(batch, "drain timed out")
+            # Held events Kafka took that the replay has not yet removed stay
+            # in the spool: the next broker sends them again.
+            self.stats.duplicates_possible += self.publisher.forget_taken()
         # A spool write in the disk thread cannot be interrupted: its events
         # are safe only once it commits. Each write holds at most one cycle or
         # the batches that were in flight, so this wait is short.

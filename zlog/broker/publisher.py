@@ -90,8 +90,15 @@ class OpenBatch:
     acks: list[tuple[bytes, protocol.Event]] = field(default_factory=list)
     # Replayed from the spool: settled by the replay, never spilled again.
     replay: bool = False
-    # Spooled at drain while still in flight; a later success is a duplicate.
+    # Spooled while still in flight (held, or at drain): Kafka's answer no
+    # longer acks it, and a later success at drain is a duplicate.
     abandoned: bool = False
+    # Spools the batch if Kafka has not answered by ack_spool_after_s; only
+    # on batches whose senders wait for an ack.
+    overdue: asyncio.TimerHandle | None = None
+    # Spooled as overdue while the producer keeps it: the replay leaves its
+    # events alone until Kafka answers it.
+    held: bool = False
     # time.monotonic() when handed to the producer, for the latency metric.
     sent_at_s: float = 0.0
     # Shared with the pieces it is split into when Kafka refuses it.
@@ -195,6 +202,10 @@ class Publisher:
         self._unsent: dict[OpenBatch, None] = {}
         self._resending: set[asyncio.Task] = set()
         self._rewind: SequenceRewind | None = None
+        # Origins (host, pid, seq) of the events of held batches not answered
+        # yet, and of those Kafka then took, which the replay only removes.
+        self._held: set[tuple[str, int, int]] = set()
+        self._taken: set[tuple[str, int, int]] = set()
         # Called with (events, seconds to Kafka's ack) per acknowledged batch.
         self.on_batch_acked: Callable[[int, float], None] | None = None
 
@@ -210,8 +221,10 @@ class Publisher:
             compression_type=config.compression_type,
             linger_ms=config.linger_ms,
             max_batch_size=config.max_batch_bytes,
-            # A batch not acknowledged within the bound expires in the
-            # producer and is spooled: the producer never sends it later.
+            # A batch not yet sent within the bound expires in the producer
+            # and is spooled: the producer never sends it later. A batch sent
+            # is retried until Kafka answers (idempotence); _expire bounds
+            # the wait of acked ones.
             request_timeout_ms=int(config.send_timeout_s * 1000),
             client_id="zlog-broker",
         )
@@ -385,12 +398,18 @@ class Publisher:
         Waits while the partition's previous batch is queued, at most
         ``timeout_s`` (``send_timeout_s`` when None); past that the batch
         fails as retriable. The answer resolves at once when it failed here.
+        A batch with senders waiting for an ack is spooled, in this wait or
+        in flight, once ``ack_spool_after_s`` has passed (``_expire``).
         """
+        loop = asyncio.get_running_loop()
         if batch.answer is None:
-            batch.answer = Answer(asyncio.get_running_loop().create_future())
+            batch.answer = Answer(loop.create_future())
         batch.sent_at_s = time.monotonic()
         if timeout_s is None:
             timeout_s = self.config.send_timeout_s
+        awaited = bool(batch.acks) and not batch.replay
+        if awaited:
+            timeout_s = min(timeout_s, self.config.ack_spool_after_s)
         # aiokafka queues the batch and returns its future with no await in
         # between: a timeout or a cancellation lands before the batch is
         # queued (it is spooled here) or after the future is returned (it is
@@ -411,25 +430,81 @@ class Publisher:
         self._unsent.pop(batch, None)
         if not batch.abandoned:
             self._in_flight[future] = batch
+            if awaited:
+                due_s = batch.sent_at_s + self.config.ack_spool_after_s
+                delay_s = max(0.0, due_s - time.monotonic())
+                batch.overdue = loop.call_later(delay_s, self._expire, future)
         future.add_done_callback(lambda done: self._settle(batch, done))
 
         return batch.answer.future
 
     def _settle(self, batch: OpenBatch, future: asyncio.Future) -> None:
         self._in_flight.pop(future, None)
+        if batch.overdue is not None:
+            batch.overdue.cancel()
         exc = future.exception() if not future.cancelled() else KafkaError()
+        # The record numbers follow Kafka's answer even for an abandoned
+        # batch: the producer goes on sending the partition's next ones.
+        if exc is None:
+            self._rewind.written(batch.topic, batch.partition)
+        else:
+            self._rewind.failed(batch.topic, batch.partition, batch.builder)
+        if batch.held:
+            origins = [(e.host, e.pid, e.seq) for e in batch.events]
+            self._held.difference_update(origins)
+            if exc is None:
+                self._taken.update(origins)
+            return
         if batch.abandoned:
             # Spooled at drain: Kafka taking it now makes a duplicate.
             if exc is None:
                 self.stats.duplicates_possible += sum(batch.counts)
             return
         if exc is None:
-            self._rewind.written(batch.topic, batch.partition)
             self._publish(batch)
             return
-        self._rewind.failed(batch.topic, batch.partition, batch.builder)
         if not self._send_again(batch, exc):
             self._give_up(batch, exc)
+
+    def _expire(self, future: asyncio.Future) -> None:
+        """Spool a batch with waiting senders that Kafka has not answered in time.
+
+        With acks=all the producer never gives up on a batch it has sent, and
+        it keeps this one: the batch is *held*. Until Kafka answers it, the
+        replay leaves its spooled events alone; if Kafka took it, the replay
+        removes them instead of sending them twice (``replay_state``).
+        """
+        batch = self._in_flight.pop(future, None)
+        if batch is None or batch.abandoned:
+            return
+        bound_s = self.config.ack_spool_after_s
+        late = KafkaTimeoutError(f"Kafka did not acknowledge it within {bound_s:g} s")
+        self._held.update((e.host, e.pid, e.seq) for e in batch.events)
+        self._give_up(batch, late)
+        batch.abandoned = batch.held = True
+
+    def replay_state(self, event: protocol.Event) -> bool | None:
+        """For a spooled event: True when Kafka has it already (remove it),
+        False when its held batch is unanswered (wait), None to replay it."""
+        if not self._held and not self._taken:
+            return None
+        origin = (event.host, event.pid, event.seq)
+        if origin in self._taken:
+            self._taken.discard(origin)
+            return True
+
+        return False if origin in self._held else None
+
+    def forget_taken(self) -> int:
+        """Forget the events Kafka took while spooled; return how many.
+
+        Called when the spool is empty (none of them is left to remove) and
+        at drain (those left are in the spool and in Kafka: duplicates).
+        """
+        count = len(self._taken)
+        self._taken.clear()
+
+        return count
 
     def _publish(self, batch: OpenBatch) -> None:
         """Count an acknowledged batch and ack its events."""

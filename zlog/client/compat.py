@@ -150,6 +150,7 @@ _ERROR_TYPES = {
     Delivery.NACKED: "BrokerRefused",
     Delivery.TIMED_OUT: "TimeoutError",
     Delivery.UNAVAILABLE: "BrokerUnavailable",
+    Delivery.TOO_LARGE: "PayloadTooLarge",
     Delivery.CLOSED: "PublisherClosed",
 }
 

@@ -24,6 +24,10 @@ Sending never waits longer than a bound:
   cut to ``connect_grace_ms`` until the broker answers anything again, so a
   silent broker costs a worker one full timeout, not one per event.
 
+A frame larger than ``max_frame_bytes`` (the broker's ``--max-frame-bytes``,
+same default) is never sent: ZeroMQ would drop the whole connection, and
+with it the events queued behind that frame. It is counted ``too_large``.
+
 The socket connects with ``IMMEDIATE`` set, so nothing queues for a broker
 that is not there: every loss is a counted drop, never a silent one. The
 counts not yet reported ride to the broker in a drop report right after the
@@ -67,12 +71,13 @@ import zmq
 import zmq.backend
 
 from zlog import endpoint, protocol
-from zlog.protocol import EventClass
+from zlog.protocol import DEFAULT_MAX_FRAME_BYTES, EventClass
 
 __all__ = [
     "DEFAULT_ACK_TIMEOUT_S",
     "DEFAULT_CONNECT_GRACE_MS",
     "DEFAULT_LINGER_MS",
+    "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_QUEUE_EVENTS",
     "Delivery",
     "DropReason",
@@ -80,6 +85,7 @@ __all__ = [
     "EmitterStats",
     "close",
     "configure",
+    "flush",
     "get_emitter",
     "stats",
 ]
@@ -123,7 +129,7 @@ class DropReason:
 
     BROKER_UNAVAILABLE = "broker_unavailable"  # no broker, or the queue is full
     INVALID = "invalid"  # the event failed validation
-    TOO_LARGE = "too_large"  # context over 64 KiB or envelope over 1 MiB
+    TOO_LARGE = "too_large"  # context, envelope or whole frame over its limit
     CLOSED = "closed"  # emitted after the emitter closed (interpreter exit)
     ERROR = "error"  # an unexpected failure inside the client
     OTHER = "other"  # a reason given to count_drop that a report cannot carry
@@ -136,6 +142,7 @@ class Delivery(enum.Enum):
     NACKED = "nacked"  # the broker refused it (it says why in its counts)
     TIMED_OUT = "timed_out"  # sent, but no verdict came in time
     UNAVAILABLE = "unavailable"  # no broker took it in time; dropped
+    TOO_LARGE = "too_large"  # over max_frame_bytes: never sent; dropped
     CLOSED = "closed"  # the emitter is closed or belongs to another process
 
 
@@ -191,6 +198,8 @@ class Emitter:
         queue_events: events one thread may have queued before drops begin.
         connect_grace_ms: how long the first send on a new socket may wait
             for the connection when the socket file exists; 0 never waits.
+        max_frame_bytes: the largest frame sent; keep it at the broker's
+            ``--max-frame-bytes``. A larger frame is dropped as ``too_large``.
     """
 
     def __init__(
@@ -201,6 +210,7 @@ class Emitter:
         linger_ms: int = DEFAULT_LINGER_MS,
         queue_events: int = DEFAULT_QUEUE_EVENTS,
         connect_grace_ms: int = DEFAULT_CONNECT_GRACE_MS,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         self.socket_path: Path = endpoint.resolve_socket_path(socket_path)
         self.endpoint = endpoint.ipc_endpoint(self.socket_path)
@@ -208,8 +218,12 @@ class Emitter:
         self.linger_ms = linger_ms
         self.queue_events = queue_events
         self.connect_grace_ms = connect_grace_ms
+        self.max_frame_bytes = max_frame_bytes
         self.pid = os.getpid()
         self.host = socket.gethostname().encode()[: protocol.MAX_HOST_BYTES]
+        # An event's frame is these bytes plus its envelope, key, headers
+        # and topic (protocol.encode_event).
+        self._frame_overhead = protocol.HEAD.size + len(self.host) + 8
         self._generation = _fork_generation
         self._context: zmq.Context | None = None
         self._local = threading.local()
@@ -272,6 +286,12 @@ class Emitter:
                 channel = self._open_channel()
                 if channel is None:
                     return False
+            # _too_large, inlined: a method call would cost the per-event
+            # path as much again as the check itself.
+            size = self._frame_overhead + len(value) + len(key) + len(headers)
+            if size + len(topic) > self.max_frame_bytes:
+                self._count(DropReason.TOO_LARGE)
+                return False
             event = (event_class, value, key, headers, topic, wants_ack)
             if wants_ack:
                 timeout = self.ack_timeout_s if timeout_s is None else timeout_s
@@ -308,6 +328,8 @@ class Emitter:
             channel = self._channel_or_none()
             if channel is None:
                 return Delivery.CLOSED
+            if self._too_large(value, key, headers, topic):
+                return Delivery.TOO_LARGE
             event = (event_class, value, key, headers, topic, True)
             timeout = self.ack_timeout_s if timeout_s is None else timeout_s
             return self._send_acked(channel, event, timeout)
@@ -472,6 +494,21 @@ class Emitter:
             self._retired.nacked += channel.nacked
             channel.socket.close()
         self._channels = alive
+
+    def _too_large(
+        self, value: bytes, key: bytes, headers: bytes, topic: bytes
+    ) -> bool:
+        """Whether the event's frame is over ``max_frame_bytes``; counts it if so.
+
+        Checked before the event takes a sequence number, so that the broker
+        sees no gap for it, only the drop.
+        """
+        size = self._frame_overhead + len(value) + len(key) + len(headers)
+        if size + len(topic) <= self.max_frame_bytes:
+            return False
+        self._count(DropReason.TOO_LARGE)
+
+        return True
 
     def _send_numbered(self, sock: zmq.Socket, event: _EventParts) -> int:
         """Encode an event with the next number and queue it without waiting.
@@ -740,6 +777,21 @@ def stats() -> EmitterStats:
     emitter = _emitter
 
     return EmitterStats() if emitter is None else emitter.stats()
+
+
+def flush(timeout_s: float = 1.0) -> bool:
+    """Wait until the broker has received every event this thread sent.
+
+    True when it has, False after ``timeout_s``. A pool task that ends with
+    it loses nothing when the pool is terminated after the task (as leaving
+    ``with multiprocessing.Pool()`` does). True at once when this process
+    has sent nothing.
+    """
+    emitter = _emitter
+    if emitter is None or emitter.pid != os.getpid():
+        return True
+
+    return emitter.flush(timeout_s)
 
 
 def close(linger_ms: int | None = None) -> None:

@@ -66,6 +66,10 @@ MAX_ACTION_CHARS = 256
 MAX_EVENT_TYPE_CHARS = 128
 MAX_NAME_CHARS = 256
 MAX_CONTEXT_DEPTH = 10
+# The old publisher set no limit, but a correlation id travels four times
+# (envelope, two headers, traceparent): a huge one makes a frame the broker
+# must refuse. A UUID is 36 characters, a W3C traceparent 55.
+MAX_CORRELATION_ID_CHARS = 256
 MAX_CONTEXT_BYTES = 64 * 1024
 MAX_ENVELOPE_BYTES = 1024 * 1024
 
@@ -440,8 +444,15 @@ class EnvelopeBuilder:
         timestamp: str | None = None,
     ) -> Built:
         event_type = _EVENT_TYPES[event_class]
-        if correlation_id is not None and not isinstance(correlation_id, str):
-            correlation_id = str(correlation_id)
+        if correlation_id is not None:
+            if not isinstance(correlation_id, str):
+                correlation_id = str(correlation_id)
+            if len(correlation_id) > MAX_CORRELATION_ID_CHARS:
+                self._fail(
+                    "invalid",
+                    f"correlation_id must be at most {MAX_CORRELATION_ID_CHARS} "
+                    f"characters (got {len(correlation_id)})",
+                )
         given_correlation = correlation_id
         correlation_id = correlation_id or new_uuid4()
         envelope = {
