@@ -1,13 +1,17 @@
-"""The publisher's parts around the producer: how a batch refused as too large
-is split, and how an acked batch Kafka does not answer in time is spooled."""
+"""The publisher's parts around the producer: how a batch refused as too
+large is split, how an acked batch Kafka does not answer in time is
+spooled, and how topic limits are learned (Kafka's answers stood in for)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from aiokafka.admin.config_resource import ConfigResourceType
 from aiokafka.errors import KafkaConnectionError
+from structlog.testing import capture_logs
 
 from zlog import protocol
 from zlog.broker.config import BrokerConfig
@@ -86,7 +90,10 @@ async def held_batch(answer, ack_spool_after_s: float = 0.05) -> dict:
     )
     publisher.producer = HeldProducer()
     publisher._rewind = SequenceRewind(object())
-    batch = OpenBatch(builder=None, topic="t.audit", partition=0)
+    # The producer stand-in never reads the builder; the limit check asks
+    # only its size.
+    builder = SimpleNamespace(size=lambda: 0)
+    batch = OpenBatch(builder=builder, topic="t.audit", partition=0)
     for event in events(10, 10):
         batch.count(b"sender", event._replace(event_class=EventClass.AUDIT))
     await publisher.submit(batch)
@@ -135,3 +142,81 @@ def test_acked_batch_answered_within_the_bound_is_neither_spooled_nor_held():
     assert result["spilled"] == []
     assert result["during"] == [None, None] and result["after"] == [None, None]
     assert len(result["replies"]) == 2
+
+
+class ConfigAdmin:
+    """Answers DescribeConfigs as Kafka would, for the limits it is given.
+
+    A topic not in ``topics`` is refused (topic authorization failed); the
+    brokers' default is given when ``broker_bytes`` is not None.
+    """
+
+    def __init__(self, topics: dict[str, int], broker_bytes: int | None) -> None:
+        self.topics = topics
+        self.broker_bytes = broker_bytes
+
+    async def describe_configs(self, resources: list) -> list:
+        answers = []
+        for resource in resources:
+            (name,) = resource.configs
+            value = self.topics.get(resource.name, self.broker_bytes)
+            if resource.resource_type is ConfigResourceType.BROKER and value:
+                answers.append((0, "", 4, resource.name, [(name, str(value))]))
+            elif resource.name in self.topics:
+                answers.append((0, "", 2, resource.name, [(name, str(value))]))
+            else:
+                answers.append((29, "not authorized", 2, resource.name, []))
+
+        return [SimpleNamespace(resources=answers)]
+
+    async def describe_cluster(self) -> dict:
+        return {"brokers": [{"node_id": 1}]}
+
+
+def publisher(compression: str = "none") -> Publisher:
+    config = BrokerConfig(
+        socket_path=Path("/nonexistent/b.sock"), compression=compression
+    )
+
+    return Publisher(config, Stats(), None, spill=None, reject=None)
+
+
+def test_limits_read_at_start_bound_batches_and_refuse_events():
+    """A topic's max.message.bytes read from Kafka bounds its batches; a
+    topic Kafka will not describe is unknown: nothing is refused for it."""
+    subject = publisher()
+    admin = ConfigAdmin({"t.small": 2048}, broker_bytes=None)
+
+    with capture_logs() as logs:
+        asyncio.run(subject._learn_limits(admin, ["t.small", "t.secret"]))
+
+    assert subject.limits.status() == {"t.small": 2048, "t.secret": None}
+    assert subject.limits.batch_bytes("t.small") == 2048
+    assert subject.limits.refusing == {"t.small": 2048}
+    assert [log["event"] for log in logs] == ["topic_limit_unknown"]
+    assert logs[0]["topics"] == ["t.secret"]
+
+
+def test_the_brokers_default_bounds_batches_of_a_topic_not_described():
+    """Where a topic's own limit cannot be read, the brokers' default bounds
+    its batches; it refuses nothing, as the topic may allow more."""
+    subject = publisher()
+    admin = ConfigAdmin({}, broker_bytes=4096)
+
+    with capture_logs():
+        asyncio.run(subject._learn_limits(admin, ["t.secret"]))
+
+    assert subject.limits.broker_default_bytes == 4096
+    assert subject.limits.batch_bytes("t.secret") == 4096
+    assert subject.limits.refusing == {}
+
+
+def test_a_limit_read_before_is_kept_when_it_cannot_be_read_again():
+    """A refresh that fails keeps the limit known before."""
+    subject = publisher()
+    asyncio.run(subject._learn_limits(ConfigAdmin({"t": 2048}, None), ["t"]))
+
+    with capture_logs():
+        asyncio.run(subject._learn_limits(ConfigAdmin({}, None), ["t"]))
+
+    assert subject.limits.limit_of("t") == 2048

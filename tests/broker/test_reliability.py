@@ -21,7 +21,10 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import MessageSizeTooLargeError
 from conftest import broker_answers
 from kafka_helpers import consume, private_kafka_port
 
@@ -298,16 +301,21 @@ def test_a_broker_that_settled_everything_leaves_nothing_to_report(
 ):
     """Stopped by SIGTERM, or killed once idle, a broker leaves no unconfirmed
     event and no gap in its ledger: the next one reports no loss. That holds
-    for a batch Kafka refused as too large and then took in pieces too."""
+    for a batch Kafka refused as too large and then took in pieces too (the
+    topic's limit lowered after the broker read it)."""
     small_topic = f"{topics.application}.small"
-    create_topic(kafka_bootstrap, small_topic, **{"max.message.bytes": "2048"})
+    create_topic(kafka_bootstrap, small_topic)
     interval = ("--loss-report-interval-s", "1")
     broker = start_broker(*interval)
     sender = AckingSender(broker.socket_path, proc=3)
     sender.send(1000)
+    send_to_topic(broker.socket_path, small_topic, [b'{"id":"first"}'])
+    lower_topic_limit(kafka_bootstrap, small_topic, 2048)
     small = [b'{"id":"small-%d"}' % i for i in range(200)]
     values = [*small[:100], too_large(), *small[100:]]
-    replies = send_to_topic(broker.socket_path, small_topic, values, together=True)
+    replies = send_to_topic(
+        broker.socket_path, small_topic, values, together=True, first_seq=2
+    )
     sender.settle(30)
     split = status(broker.socket_path)["sent_again"]
     # Idle for a moment: the ledger forgets the settled events.
@@ -498,6 +506,43 @@ def create_topic(bootstrap: str, topic: str, **configs: str) -> None:
     asyncio.run(create())
 
 
+def lower_topic_limit(bootstrap: str, topic: str, limit_bytes: int) -> None:
+    """Set a topic's max.message.bytes, as an operator would while a broker
+    runs with the limit it read before; return once Kafka applies it.
+
+    Kafka applies a change a moment after it answers: a probe twice the
+    limit (JSON without an id, so the tests' counts leave it out) is sent
+    until Kafka refuses it.
+    """
+
+    async def alter() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            configs = {"max.message.bytes": str(limit_bytes)}
+            resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs)
+            (response,) = await admin.alter_configs([resource])
+            assert [entry[0] for entry in response.resources] == [0]
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        probe = b'{"probe":"%s"}' % base64.b64encode(os.urandom(limit_bytes * 2))
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    await producer.send_and_wait(topic, probe)
+                except MessageSizeTooLargeError:
+                    return
+                await asyncio.sleep(0.1)
+            pytest.fail(f"Kafka did not apply max.message.bytes to {topic!r}")
+        finally:
+            await producer.stop()
+
+    asyncio.run(alter())
+
+
 def topic_event(topic: str, value: bytes, seq: int) -> list[bytes]:
     """Frames of an acked event naming ``topic``, from origin test:99."""
     return protocol.encode_event(
@@ -512,21 +557,26 @@ def topic_event(topic: str, value: bytes, seq: int) -> list[bytes]:
 
 
 def send_to_topic(
-    socket_path: Path, topic: str, values: list[bytes], together: bool = False
+    socket_path: Path,
+    topic: str,
+    values: list[bytes],
+    together: bool = False,
+    first_seq: int = 1,
 ) -> dict:
     """Send acked events naming ``topic``, each after the last one's reply.
 
     One at a time, so each is a batch of its own; ``together`` sends them all
-    before reading a reply, so they share a batch. Returns seq -> (kind, body).
+    before reading a reply, so they share a batch. They are numbered from
+    ``first_seq``. Returns seq -> (kind, body).
     """
     replies = {}
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.connect(f"ipc://{socket_path}")
     if together:
-        for seq, value in enumerate(values, start=1):
+        for seq, value in enumerate(values, start=first_seq):
             dealer.send_multipart(topic_event(topic, value, seq))
-    for seq, value in enumerate(values, start=1):
+    for seq, value in enumerate(values, start=first_seq):
         if not together:
             dealer.send_multipart(topic_event(topic, value, seq))
         if dealer.poll(10_000):
@@ -594,26 +644,34 @@ def test_partition_goes_on_after_a_batch_refused_as_too_large(
 ):
     """After each refused event, the next event of the partition is published.
 
-    A refused batch must give its record numbers back to the producer: if it
-    did not, every later batch of the partition would be refused as out of
-    order once Kafka has written one of its events.
+    A batch Kafka refused must give its record numbers back to the producer:
+    if it did not, every later batch of the partition would be refused as
+    out of order once Kafka has written one of its events. The topic's limit
+    is lowered after the broker read it, so Kafka refuses the first large
+    event itself; the broker then reads the limit again, and may refuse the
+    later ones before sending.
     """
     small_topic = f"{topics.application}.small"
-    create_topic(kafka_bootstrap, small_topic, **{"max.message.bytes": "2048"})
+    create_topic(kafka_bootstrap, small_topic)
     broker = start_broker()
+    send_to_topic(broker.socket_path, small_topic, [b'{"id":"first"}'])
+    lower_topic_limit(kafka_bootstrap, small_topic, 2048)
     values = []
     for round_ in range(TOO_LARGE_ROUNDS):
         values += [too_large(), b'{"id":"ok-%d"}' % round_]
 
-    replies = send_to_topic(broker.socket_path, small_topic, values)
-    records = consume(kafka_bootstrap, [small_topic], TOO_LARGE_ROUNDS)
+    replies = send_to_topic(broker.socket_path, small_topic, values, first_seq=2)
+    records = consume(kafka_bootstrap, [small_topic], TOO_LARGE_ROUNDS + 1)
     state = status(broker.socket_path)
 
-    kinds = [replies.get(seq, (None,))[0] for seq in range(1, len(values) + 1)]
+    sent = range(2, len(values) + 2)
+    kinds = [replies.get(seq, (None,))[0] for seq in sent]
     assert kinds == [protocol.Kind.NACK, protocol.Kind.ACK] * TOO_LARGE_ROUNDS
-    refusals = [replies[seq][1] for seq in range(1, len(values), 2)]
+    refusals = [replies[seq][1] for seq in sent[::2]]
     assert all("MessageSizeTooLarge" in reason for reason in refusals)
-    assert ids_of(records) == Counter(f"ok-{r}" for r in range(TOO_LARGE_ROUNDS))
+    assert "before sending" not in refusals[0], "Kafka refused the first itself"
+    expected = Counter(f"ok-{r}" for r in range(TOO_LARGE_ROUNDS))
+    assert ids_of(records) == expected + Counter(["first"])
     assert state["dead_lettered"] == {"MessageSizeTooLargeError": TOO_LARGE_ROUNDS}
     assert broker.terminate() == 0
 

@@ -34,9 +34,12 @@ answers it, and removes them unsent if Kafka took it.
 
 Refusals that will not pass (record too large, authorization, a topic Kafka
 does not have) are written to the dead-letter file beside the spool, with
-the reason, counted, and logged at most once a minute per topic. A batch
-refused as too large is first sent again in smaller pieces, so only events
-too large on their own are refused. Messages that do not decode are
+the reason, counted, and logged at most once a minute per topic. Batches
+are bounded by their topic's ``max.message.bytes``, read from Kafka, and an
+event over it even alone is refused before it is sent, and never spooled:
+acked there, it could only be dead-lettered at replay. A batch Kafka
+refuses as too large all the same is sent again in smaller pieces, so only
+events too large on their own are refused. Messages that do not decode are
 counted by reason and kept there too, clipped, at most
 ``BAD_FRAMES_PER_WRITE`` per write and one write at a time, so a flood of
 garbage costs the good traffic one list append per bad message.
@@ -84,6 +87,7 @@ from zlog import protocol
 from zlog.broker.config import BrokerConfig
 from zlog.broker.deadletter import BadFrame, DeadLetters, clip_frames
 from zlog.broker.handoff import HandoffError, HandoffLedger, Unit
+from zlog.broker.limits import RECORD_OVERHEAD_BYTES, record_bytes
 from zlog.broker.listener import Listener
 from zlog.broker.logs import RateLimiter, get_logger
 from zlog.broker.loss import loss_events
@@ -432,8 +436,10 @@ class Broker:
         unit = self.handoff.unit(pairs)
         recorded = self._record()
         if self.spooling:
+            pairs = self._refuse_too_large(pairs, unit)
             # The spool's append queues behind the record in the disk thread.
-            await self._store(pairs, unit)
+            if pairs:
+                await self._store(pairs, unit)
             return
         full, open_batches, unresolved = self._route(pairs)
         if recorded is not None:
@@ -759,7 +765,63 @@ class Broker:
         """A batch Kafka may take later: keep it in the spool."""
         identities = {id(event): identity for identity, event in batch.acks}
         pairs = [(identities.get(id(e)), e) for e in batch.events]
-        self._store(pairs, self._unit_for(batch))
+        unit = self._unit_for(batch)
+        pairs = self._refuse_too_large(pairs, unit)
+        if pairs:
+            self._store(pairs, unit)
+
+    def _refuse_too_large(self, pairs: list[_Pair], unit: Unit | None) -> list[_Pair]:
+        """Dead-letter and nack the events too large for their topic even
+        alone; return the others.
+
+        Such an event must not be spooled: the spool would ack it, and the
+        replay could only dead-letter it.
+        """
+        if not self.publisher.limits.refusing:
+            return pairs
+        kept, refused = self._sort_too_large(pairs)
+        for topic, (batch, reason) in refused.items():
+            self._warn(
+                "kafka_rejected",
+                per=topic,
+                topic=topic,
+                events=len(batch.events),
+                reason=reason,
+            )
+            self._reject_batch(batch, reason)
+        if unit is not None and len(kept) < len(pairs):
+            self.handoff.settle(unit, len(pairs) - len(kept))
+
+        return kept
+
+    def _sort_too_large(self, pairs: list[_Pair]) -> tuple[list[_Pair], dict]:
+        """The events that may fit, and a batch per topic of those that do not.
+
+        Kept lean: an event whose record fits its topic's batch bound costs
+        one size and one comparison.
+        """
+        limits = self.publisher.limits
+        bounds = limits.refusing
+        topics = self.routes.by_class
+        kept: list[_Pair] = []
+        append = kept.append
+        refused: dict[str, tuple[OpenBatch, str]] = {}
+        for pair in pairs:
+            event = pair[1]
+            topic = event.topic or topics[event.event_class]
+            bound = bounds.get(topic)
+            if bound is None or record_bytes(event) + RECORD_OVERHEAD_BYTES <= bound:
+                append(pair)
+                continue
+            exc = limits.event_refusal(topic, event)
+            if exc is None:
+                append(pair)
+                continue
+            if topic not in refused:
+                refused[topic] = (OpenBatch(None, topic, -1), describe(exc))
+            refused[topic][0].count(pair[0], event)
+
+        return kept, refused
 
     def _reject_batch(self, batch: OpenBatch, reason: str) -> None:
         """A batch Kafka will never take: count it, nack it, dead-letter it.

@@ -13,11 +13,18 @@ take goes to one of two handlers the broker gives: ``spill`` when the cause
 may pass (Kafka unreachable, slower than ``send_timeout_s``, a retriable
 error), so the batch is spooled, and ``reject`` when it will not (record too
 large, authorization, unknown topic), so the batch is dead-lettered.
+
+Batches are bounded by each topic's ``max.message.bytes``, read from Kafka
+(``zlog.broker.limits``), so an event too large for its topic even alone
+is refused before it is sent, and Kafka is not asked to take a batch it
+would refuse. Kafka's refusals remain the fallback where the limit read is
+not the one Kafka applies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -38,6 +45,7 @@ from aiokafka.errors import (
 from zlog import protocol
 from zlog.broker.config import BrokerConfig
 from zlog.broker.idempotence import SequenceRewind
+from zlog.broker.limits import TopicLimits, read_broker_default, read_limits
 from zlog.broker.logs import RateLimiter, get_logger
 from zlog.broker.stats import Stats
 from zlog.errors import ConfigError
@@ -58,6 +66,11 @@ UNKNOWN_TOPIC_RETRY_S = 30.0
 # how often a lookup at start asks again.
 TOPIC_LOOKUP_TIMEOUT_S = 2.0
 TOPIC_LOOKUP_INTERVAL_S = 0.2
+
+# Topic limits (max.message.bytes) are read again this often, and at most
+# this often when Kafka refused a batch the limit read let through.
+LIMITS_REFRESH_S = 300.0
+LIMITS_MIN_REFRESH_S = 10.0
 
 # Partition counts can grow; the key -> partition cache is rebuilt this often.
 PARTITION_CACHE_TTL_S = 60.0
@@ -206,6 +219,9 @@ class Publisher:
         # yet, and of those Kafka then took, which the replay only removes.
         self._held: set[tuple[str, int, int]] = set()
         self._taken: set[tuple[str, int, int]] = set()
+        self.limits = TopicLimits(config.max_batch_bytes, config.compression_type)
+        self._limits_stale = asyncio.Event()
+        self._refresher: asyncio.Task | None = None
         # Called with (events, seconds to Kafka's ack) per acknowledged batch.
         self.on_batch_acked: Callable[[int, float], None] | None = None
 
@@ -240,6 +256,7 @@ class Publisher:
         self.producer = producer
         self._rewind = SequenceRewind(producer)
         self.kafka_state = "connected"
+        self._refresher = asyncio.create_task(self._refresh_limits())
 
     @property
     def connected(self) -> bool:
@@ -260,10 +277,11 @@ class Publisher:
             if self.config.create_topics:
                 await self._ensure_topics(admin)
             codes = await self._describe_topics(admin)
+            for topic, code in codes.items():
+                self._check_topic(topic, code)
+            await self._learn_limits(admin, list(self.config.topics))
         finally:
             await admin.close()
-        for topic, code in codes.items():
-            self._check_topic(topic, code)
 
     async def _describe_topics(self, admin: AIOKafkaAdminClient) -> dict[str, int]:
         """Kafka's error code for each topic, 0 when it is there.
@@ -307,6 +325,71 @@ class Publisher:
                 f"and CREATE if the broker should create it"
             )
 
+    async def _learn_limits(
+        self, admin: AIOKafkaAdminClient, topics: list[str]
+    ) -> None:
+        """Read the topics' ``max.message.bytes``; unknown where Kafka will not say.
+
+        A limit known before is kept when it cannot be read again.
+        """
+        try:
+            read = await asyncio.wait_for(
+                read_limits(admin, topics), TOPIC_LOOKUP_TIMEOUT_S
+            )
+            reason = "Kafka did not describe the topic"
+        except (KafkaError, TimeoutError, OSError) as exc:
+            read, reason = dict.fromkeys(topics), describe(exc)
+        unknown = [t for t, limit in read.items() if limit is None]
+        if unknown and self.limits.broker_default_bytes is None:
+            with contextlib.suppress(KafkaError, TimeoutError, OSError):
+                self.limits.broker_default_bytes = await asyncio.wait_for(
+                    read_broker_default(admin), TOPIC_LOOKUP_TIMEOUT_S
+                )
+        for topic, limit in read.items():
+            if limit is not None or not self.limits.known(topic):
+                self.limits.learn(topic, limit)
+        if unknown:
+            self._limits_unknown(unknown, reason)
+
+    async def _look_up_limits(self, topics: list[str]) -> None:
+        """Read the topics' limits with an admin client of their own."""
+        admin = AIOKafkaAdminClient(
+            **self.config.kafka_client_options(), client_id="zlog-broker"
+        )
+        try:
+            await asyncio.wait_for(admin.start(), TOPIC_LOOKUP_TIMEOUT_S)
+            await self._learn_limits(admin, topics)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            new = [topic for topic in topics if not self.limits.known(topic)]
+            for topic in new:
+                self.limits.learn(topic, None)
+            if new:
+                self._limits_unknown(new, describe(exc))
+        finally:
+            with contextlib.suppress(KafkaError, TimeoutError, OSError):
+                await asyncio.wait_for(admin.close(), TOPIC_LOOKUP_TIMEOUT_S)
+
+    def _limits_unknown(self, topics: list[str], reason: str) -> None:
+        suppressed = self.warnings.allow("topic_limit_unknown")
+        if suppressed is not None:
+            self.log.warning(
+                "topic_limit_unknown",
+                topics=topics,
+                reason=reason,
+                hint="events too large for these topics are found by Kafka's "
+                "refusal: grant the broker DESCRIBE_CONFIGS on them",
+                similar_suppressed=suppressed,
+            )
+
+    async def _refresh_limits(self) -> None:
+        """Read the limits again now and then, and soon after a refusal."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._limits_stale.wait(), LIMITS_REFRESH_S)
+            self._limits_stale.clear()
+            await self._look_up_limits(self.limits.topics)
+            await asyncio.sleep(LIMITS_MIN_REFRESH_S)
+
     def principal(self) -> str:
         """Who the broker is to Kafka, as an ACL names it."""
         if self.config.sasl_username:
@@ -319,6 +402,8 @@ class Publisher:
         by_key = self._partitions.get(topic)
         if by_key is not None:
             return by_key
+        if not self.limits.known(topic):
+            return None
         partitions = self.producer.client.cluster.partitions_for_topic(topic)
         if not partitions:
             return None
@@ -339,7 +424,7 @@ class Publisher:
 
     def new_batch(self, topic: str, partition: int) -> OpenBatch:
         """An empty batch for one topic-partition."""
-        return OpenBatch(self.producer.create_batch(), topic, partition)
+        return OpenBatch(self.limits.new_builder(topic), topic, partition)
 
     async def resolve_topic(self, topic: str) -> bool:
         """Fetch metadata for a topic an event named; False when Kafka lacks it.
@@ -365,6 +450,8 @@ class Publisher:
             self._remember_refusal(topic, _missing(topic))
             return False
         self._unknown_topics.pop(topic, None)
+        if not self.limits.known(topic):
+            await self._look_up_limits([topic])
 
         return self.partition_map(topic) is not None
 
@@ -407,6 +494,11 @@ class Publisher:
         batch.sent_at_s = time.monotonic()
         if timeout_s is None:
             timeout_s = self.config.send_timeout_s
+        refusal = self.limits.batch_refusal(batch.topic, batch.builder, batch.events)
+        if refusal is not None:
+            self._unsent.pop(batch, None)
+            self._give_up(batch, refusal)
+            return batch.answer.future
         awaited = bool(batch.acks) and not batch.replay
         if awaited:
             timeout_s = min(timeout_s, self.config.ack_spool_after_s)
@@ -463,6 +555,9 @@ class Publisher:
         if exc is None:
             self._publish(batch)
             return
+        if isinstance(exc, TOO_LARGE):
+            # The limit read may be out of date: read it again soon.
+            self._limits_stale.set()
         if not self._send_again(batch, exc):
             self._give_up(batch, exc)
 
@@ -659,6 +754,8 @@ class Publisher:
 
     async def stop(self, timeout_s: float) -> None:
         """Close the producer; gives up after ``timeout_s`` when Kafka is gone."""
+        if self._refresher is not None:
+            self._refresher.cancel()
         if self.producer is None:
             return
         if not await _stop_quietly(self.producer, timeout_s):
@@ -672,6 +769,7 @@ class Publisher:
             "compression": self.config.compression_type,
             "batches_in_flight": self.pending(),
             "last_error": self.last_error,
+            "max_message_bytes": self.limits.status(),
         }
 
 
