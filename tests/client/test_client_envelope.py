@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import re
+import types
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from zlog.client.envelope import (
     MAX_CONTEXT_DEPTH,
@@ -175,6 +180,91 @@ def test_redaction_at_any_depth_and_inside_lists():
         "items": [{"token": REDACTED, "id": 1}, [{"Cookie": REDACTED}]],
     }
     assert context["Password"] == "p"
+
+
+@dataclasses.dataclass
+class Login:
+    user: str
+    password: str
+
+
+class Field(enum.Enum):
+    TOKEN = "token"
+
+
+class Name(str):
+    pass
+
+
+def test_redaction_reaches_mappings_and_dataclasses():
+    """Secrets in a MappingProxyType or a dataclass, alone or in a list, are
+    redacted; both are written as the dicts they hold."""
+    context = {
+        "login": Login("bob", "p"),
+        "settings": types.MappingProxyType({"secret": "s", "port": 1}),
+        "history": [Login("eve", "q")],
+    }
+    doc = json.loads(application(context=context)[1])
+
+    assert doc["payload"]["context"] == {
+        "login": {"user": "bob", "password": REDACTED},
+        "settings": {"secret": REDACTED, "port": 1},
+        "history": [{"user": "eve", "password": REDACTED}],
+    }
+
+
+def test_redaction_checks_keys_by_the_name_they_are_written_under():
+    """A str-subclass key and an enum key whose value is sensitive are
+    redacted."""
+    context = {Name("Password"): "p", Field.TOKEN: "t", "user": "bob"}
+    doc = json.loads(application(context=context)[1])
+
+    assert doc["payload"]["context"] == {
+        "Password": REDACTED,
+        "token": REDACTED,
+        "user": "bob",
+    }
+
+
+def test_context_keys_with_one_name_keep_both_values():
+    """An int key and a str key that print alike are both written."""
+    context = {"codes": {200: "int", "200": "str"}}
+    doc = json.loads(application(context=context)[1])
+
+    assert doc["payload"]["context"] == {"codes": {"200": "int", "200 (str)": "str"}}
+
+
+SECRET = "s3cr3t-value"
+
+wrappers = st.sampled_from(
+    [
+        lambda d: d,
+        types.MappingProxyType,
+        lambda d: [d],
+        lambda d: (d,),
+        lambda d: Login(d, "p"),
+    ]
+)
+
+
+@st.composite
+def hiding_places(draw):
+    """A context, at most a few levels deep, with SECRET under a sensitive key."""
+    key = draw(st.sampled_from(["password", "API_KEY", "Token", Name("jwt")]))
+    value = {key: SECRET, "other": draw(st.integers())}
+    for _ in range(draw(st.integers(0, 4))):
+        wrapped = draw(wrappers)(value)
+        value = {draw(st.sampled_from(["a", "b", 1, uuid.UUID(int=7)])): wrapped}
+    return value
+
+
+@given(hiding_places())
+def test_a_secret_under_a_sensitive_key_never_reaches_the_envelope(context):
+    """Whatever mapping, dataclass or list hides it, the secret is redacted."""
+    for build in (EnvelopeBuilder(), EnvelopeBuilder(strict=False)):
+        envelope = application(build, context=context)[1]
+
+        assert SECRET.encode() not in envelope
 
 
 def test_redaction_keys_are_configurable():

@@ -99,6 +99,26 @@ def test_circular_reference_is_cut():
     assert json.loads(dumps(value)) == {"a": 1, "self": CIRCULAR}
 
 
+# Keys drawn from a small set so that ones printing alike meet often.
+clashing_keys = st.one_of(
+    st.integers(0, 3),
+    st.integers(0, 3).map(str),
+    st.integers(0, 3).map(lambda n: f"{n} (str)"),
+    st.sampled_from([True, None, "True", "None"]),
+)
+
+
+@given(st.dictionaries(clashing_keys, st.integers()))
+def test_every_key_keeps_its_value(value):
+    """No two keys are written under one name, so no value is lost."""
+    assert len(json.loads(dumps(value))) == len(value)
+
+
+def test_keys_with_one_name_are_told_apart_by_type():
+    """An int key and a str key that print alike both arrive."""
+    assert json.loads(dumps({1: "a", "1": "b"})) == {"1": "a", "1 (str)": "b"}
+
+
 def test_tuple_keys_become_strings():
     """Keys orjson cannot write become their repr."""
     assert json.loads(dumps({(1, 2): "x"})) == {"(1, 2)": "x"}

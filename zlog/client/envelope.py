@@ -15,19 +15,25 @@ those callers count and swallow, and it trims too-deep context with a visible
 marker instead of refusing the event.
 
 Context values under sensitive keys are replaced by ``"[REDACTED]"`` at any
-depth, inside lists too. A context without sensitive keys or nested
-containers is used as it is, not copied.
+depth, inside lists too. Mappings that are not dicts (``MappingProxyType``,
+any ``Mapping``) and dataclass instances are read as the dicts they would be
+written as, so their keys are checked too; a key is checked under the name it
+is written with, so ``str`` subclasses and enum keys count. A context without
+sensitive keys or nested containers is used as it is, not copied.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import os
 import random
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from zlog.client.jsonenc import dumps
+from zlog.client.jsonenc import dumps, key_name, named_keys, safe_repr
 from zlog.protocol import EventClass, encode_headers
 
 __all__ = [
@@ -210,6 +216,12 @@ def _required_ok(value: Any, max_chars: int) -> bool:
 # keys the cache stops growing and new keys are checked each time.
 _SENSITIVE_CACHE_MAX = 4096
 
+# Values that hold nothing redaction must look into: the common ones are
+# skipped with one set lookup, the rest are asked whether they are mappings.
+_LEAVES = frozenset(
+    {str, int, float, bool, type(None), datetime.datetime, datetime.date, uuid.UUID}
+)
+
 
 class EnvelopeBuilder:
     """Builds envelopes for one configuration (namespace, source, redaction).
@@ -364,6 +376,11 @@ class EnvelopeBuilder:
         return self._clean(context, 0)
 
     def _clean(self, value: Any, depth: int) -> Any:
+        if not isinstance(value, dict | list | tuple):
+            plain = _as_dict(value)
+            if plain is None:
+                return value
+            value = plain
         if depth > MAX_CONTEXT_DEPTH:
             if self.strict:
                 raise ValueError(
@@ -379,20 +396,27 @@ class EnvelopeBuilder:
     def _clean_dict(self, value: dict, depth: int) -> dict:
         sensitive = self._sensitive
         copy = None
+        odd_keys = False
         for key, item in value.items():
             new = item
             if key.__class__ is str:
                 hit = sensitive.get(key)
                 if hit is None:
                     hit = self._learn_key(key)
-                if hit:
-                    new = REDACTED
-            if new is item and isinstance(item, dict | list | tuple):
+            else:
+                odd_keys = True
+                hit = key_name(key).lower() in self.redact_keys
+            if hit:
+                new = REDACTED
+            elif item.__class__ not in _LEAVES:
                 new = self._clean(item, depth + 1)
             if new is not item:
                 if copy is None:
                     copy = dict(value)
                 copy[key] = new
+        if odd_keys:
+            # Written by name, so two keys with one name would keep one value.
+            return named_keys(value if copy is None else copy)
 
         return value if copy is None else copy
 
@@ -406,7 +430,7 @@ class EnvelopeBuilder:
     def _clean_list(self, value: list | tuple, depth: int) -> list | tuple:
         copy = None
         for index, item in enumerate(value):
-            if isinstance(item, dict | list | tuple):
+            if item.__class__ not in _LEAVES:
                 new = self._clean(item, depth + 1)
                 if new is not item:
                     if copy is None:
@@ -519,6 +543,27 @@ class EnvelopeBuilder:
         schema_ref = _schema_ref(_EVENT_TYPES[event_class])
 
         return [("x-tenant", _utf8(tenant_id)), ("x-schema-hash", schema_ref.encode())]
+
+
+def _as_dict(value: Any) -> dict | None:
+    """The dict a mapping or dataclass instance is written as, else None.
+
+    A mapping that is not a dict would be written as its ``repr``, secrets
+    and all; a dataclass as a dict of its fields. Reading a field or item
+    may run the application's code, so a failure writes a stand-in.
+    """
+    if isinstance(value, Mapping):
+        try:
+            return dict(value)
+        except Exception:
+            return {"<unreadable>": safe_repr(type(value))}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        try:
+            return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        except Exception:
+            return {"<unreadable>": safe_repr(type(value))}
+
+    return None
 
 
 def _utf8(text: str) -> bytes:

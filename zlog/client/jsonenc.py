@@ -7,10 +7,16 @@ values and serializes again:
 
 - a value orjson does not know (bytes, Decimal, set, exception, any object)
   goes through ``_default``, which always returns a string or a list;
-- a string with lone surrogates, an integer beyond 64 bits, a dict key of an
-  odd type, a cycle or a nesting deeper than orjson's limit make orjson raise;
-  ``to_plain`` then rebuilds the whole value, replacing what cannot be
-  written with a readable stand-in.
+- a string with lone surrogates, an integer beyond 64 bits, a dict key that
+  is not a string, a cycle or a nesting deeper than orjson's limit make
+  orjson raise; ``to_plain`` then rebuilds the whole value, replacing what
+  cannot be written with a readable stand-in.
+
+Keys that are not strings take the slow path on purpose: ``{1: "a", "1":
+"b"}`` would otherwise be written with the name ``"1"`` twice, and a reader
+keeps only one of the values. ``named_keys`` gives the second the name
+``"1 (str)"``; the envelope builder applies it to every context dict with
+such keys, so an event's context rarely reaches the slow path.
 
 A stand-in always says what it replaced (``"<circular>"``, ``"<unrepresentable
 Foo>"``), so a reader of the envelope sees that something was lost.
@@ -26,11 +32,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["CIRCULAR", "dumps", "safe_repr", "to_plain"]
+__all__ = ["CIRCULAR", "dumps", "key_name", "named_keys", "safe_repr", "to_plain"]
 
 CIRCULAR = "<circular>"
-
-_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 # orjson's own nesting limit is 254; the fallback cuts a little earlier so the
 # rebuilt value is always accepted.
@@ -77,17 +81,41 @@ def _clean_str(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _plain_key(key: Any) -> str:
+def key_name(key: Any) -> str:
+    """The JSON name a dict key is written under; never raises."""
     if isinstance(key, str):
         return _clean_str(key)
     if isinstance(key, enum.Enum):
-        return _plain_key(key.value)
+        return key_name(key.value)
     if isinstance(key, datetime.date | datetime.time):
         return key.isoformat()
     if isinstance(key, uuid.UUID | int | float | bool) or key is None:
         return _safe_str(key)
 
     return _clean_str(_safe_str(_default(key)))
+
+
+def _free_name(taken: dict, name: str, key: Any) -> str:
+    """A name for ``key`` that no earlier key of the same dict was given."""
+    candidate = f"{name} ({type(key).__name__})"
+    number = 2
+    while candidate in taken:
+        candidate = f"{name} ({type(key).__name__} {number})"
+        number += 1
+
+    return candidate
+
+
+def named_keys(value: dict) -> dict:
+    """``value`` keyed by the names its keys are written under, none twice."""
+    named = {}
+    for key, item in value.items():
+        name = key_name(key)
+        if name in named:
+            name = _free_name(named, name, key)
+        named[name] = item
+
+    return named
 
 
 def to_plain(value: Any, *, _depth: int = 0, _path: set[int] | None = None) -> Any:
@@ -119,12 +147,10 @@ def to_plain(value: Any, *, _depth: int = 0, _path: set[int] | None = None) -> A
 def _plain_container(value: Any, depth: int, path: set[int]) -> Any:
     if isinstance(value, dict):
         try:
-            items = list(value.items())
+            named = named_keys(value)
         except Exception:
             return safe_repr(value)
-        return {
-            _plain_key(k): to_plain(v, _depth=depth + 1, _path=path) for k, v in items
-        }
+        return {k: to_plain(v, _depth=depth + 1, _path=path) for k, v in named.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [to_plain(v, _depth=depth + 1, _path=path) for v in value]
 
@@ -134,11 +160,11 @@ def _plain_container(value: Any, depth: int, path: set[int]) -> Any:
 def dumps(value: Any) -> bytes:
     """Serialize ``value`` as UTF-8 JSON; whatever it holds, this does not raise."""
     try:
-        return orjson.dumps(value, default=_default, option=_OPTIONS)
+        return orjson.dumps(value, default=_default)
     except Exception:
         pass
     try:
-        return orjson.dumps(to_plain(value), option=_OPTIONS)
+        return orjson.dumps(to_plain(value))
     except Exception as exc:
         # Only a bug in to_plain lands here; keep the caller alive regardless.
         return orjson.dumps({"zlog_encode_error": _exception_text(exc)})
