@@ -1,6 +1,7 @@
 """The publisher's parts around the producer: how a batch refused as too
 large is split, how an acked batch Kafka does not answer in time is
-spooled, and how topic limits are learned (Kafka's answers stood in for)."""
+spooled, how topics are created and topic limits learned (Kafka's answers
+stood in for)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka.admin.config_resource import ConfigResourceType
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from structlog.testing import capture_logs
 
 from zlog import protocol
+from zlog.broker import publisher as publisher_module
 from zlog.broker.config import BrokerConfig
 from zlog.broker.idempotence import SequenceRewind
 from zlog.broker.publisher import OpenBatch, Publisher, split_too_large
@@ -220,3 +222,72 @@ def test_a_limit_read_before_is_kept_when_it_cannot_be_read_again():
         asyncio.run(subject._learn_limits(ConfigAdmin({}, None), ["t"]))
 
     assert subject.limits.limit_of("t") == 2048
+
+
+class CreatingAdmin:
+    """Creates topics after ``no_controller`` calls that fail the way
+    aiokafka's admin client does while Kafka names no controller; then
+    describes each topic with the code in ``shown``."""
+
+    def __init__(self, no_controller: int, shown: dict[str, int]) -> None:
+        self.no_controller = no_controller
+        self.shown = shown
+        self.create_calls = 0
+
+    async def create_topics(self, new_topics: list) -> SimpleNamespace:
+        self.create_calls += 1
+        if self.create_calls <= self.no_controller:
+            raise AttributeError("'NoneType' object has no attribute 'nodeId'")
+        return SimpleNamespace(topic_errors=[(t.name, 0, None) for t in new_topics])
+
+    async def describe_topics(self, topics: list[str]) -> list[dict]:
+        return [{"topic": t, "error_code": self.shown[t]} for t in topics]
+
+
+TOPICS = ("t.app", "t.audit", "t.security")
+
+
+def creating_publisher(monkeypatch) -> Publisher:
+    monkeypatch.setattr(publisher_module, "TOPIC_LOOKUP_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(publisher_module, "TOPIC_LOOKUP_INTERVAL_S", 0.01)
+    config = BrokerConfig(
+        socket_path=Path("/nonexistent/b.sock"),
+        application_topic="t.app",
+        audit_topic="t.audit",
+        security_topic="t.security",
+        create_topics=True,
+    )
+
+    return Publisher(config, Stats(), None, spill=None, reject=None)
+
+
+def test_topics_are_created_once_kafka_names_a_controller(monkeypatch):
+    """The admin client's AttributeError while Kafka has no controller yet is
+    waited out, and the topics are then created."""
+    subject = creating_publisher(monkeypatch)
+    admin = CreatingAdmin(no_controller=3, shown=dict.fromkeys(TOPICS, 0))
+
+    asyncio.run(subject._ensure_topics(admin))
+
+    assert admin.create_calls == 4
+
+
+def test_no_controller_for_long_is_kafka_unavailable_not_a_crash(monkeypatch):
+    """A Kafka that names no controller within the bound is a KafkaError the
+    daemon spools through, not an AttributeError that ends the broker."""
+    subject = creating_publisher(monkeypatch)
+    admin = CreatingAdmin(no_controller=10**6, shown=dict.fromkeys(TOPICS, 0))
+
+    with pytest.raises(KafkaError, match="no controller"):
+        asyncio.run(subject._ensure_topics(admin))
+
+
+def test_a_created_topic_not_shown_yet_is_retried_not_refused(monkeypatch):
+    """A broker that creates topics does not say it does not: a topic
+    unknown after creation is Kafka being slow, tried again later."""
+    subject = creating_publisher(monkeypatch)
+    admin = CreatingAdmin(no_controller=0, shown=dict.fromkeys(TOPICS, 3))
+
+    codes = asyncio.run(subject._describe_topics(admin))
+    with pytest.raises(KafkaError, match="was created but Kafka does not show it"):
+        subject._check_topic("t.app", codes["t.app"])

@@ -36,6 +36,7 @@ from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    NotControllerError,
     OutOfOrderSequenceNumber,
     RecordListTooLargeError,
     TopicAuthorizationFailedError,
@@ -302,7 +303,7 @@ class Publisher:
             NewTopic(topic, self.config.topic_partitions, self.config.topic_replication)
             for topic in self.config.topics
         ]
-        response = await admin.create_topics(new_topics)
+        response = await _create_topics(admin, new_topics)
         for topic, code, message in _topic_errors(response):
             # Not allowed to create: the topic may exist all the same, which
             # the check after this tells.
@@ -313,6 +314,13 @@ class Publisher:
                 )
 
     def _check_topic(self, topic: str, code: int) -> None:
+        if code == _UNKNOWN_TOPIC and self.config.create_topics:
+            # Created, or found existing, but not shown yet: a busy Kafka
+            # spreads new metadata slowly. Waiting helps, so not a ConfigError.
+            raise UnknownTopicOrPartitionError(
+                f"topic {topic!r} was created but Kafka does not show it after "
+                f"{TOPIC_LOOKUP_TIMEOUT_S:g} s; will try again"
+            )
         if code == _UNKNOWN_TOPIC:
             raise ConfigError(
                 f"topic {topic!r} does not exist in Kafka and the broker does not "
@@ -796,6 +804,30 @@ def split_too_large(events: list[protocol.Event]) -> list[list[protocol.Event]]:
     half = len(events) // 2
 
     return [events[:half], events[half:]]
+
+
+async def _create_topics(admin: AIOKafkaAdminClient, new_topics: list[NewTopic]):
+    """``admin.create_topics``, asked again while Kafka names no controller.
+
+    For a moment after a KRaft start or a controller election the metadata
+    names no controller, and aiokafka's admin client (0.14) then fails with
+    an AttributeError on the missing node id instead of a Kafka error. That
+    is a Kafka not ready yet: it becomes NotControllerError, which the
+    daemon treats as Kafka unavailable (spool, try again).
+    """
+    deadline = time.monotonic() + TOPIC_LOOKUP_TIMEOUT_S
+    while True:
+        try:
+            return await admin.create_topics(new_topics)
+        except AttributeError as exc:
+            if "nodeId" not in str(exc):
+                raise
+        if time.monotonic() > deadline:
+            raise NotControllerError(
+                f"Kafka named no controller within {TOPIC_LOOKUP_TIMEOUT_S:g} s, "
+                "so topics cannot be created yet"
+            )
+        await asyncio.sleep(TOPIC_LOOKUP_INTERVAL_S)
 
 
 def _topic_errors(response: object) -> list[tuple[str, int, str]]:
