@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import json
@@ -196,12 +197,17 @@ class Name(str):
     pass
 
 
-def test_redaction_reaches_mappings_and_dataclasses():
-    """Secrets in a MappingProxyType or a dataclass, alone or in a list, are
-    redacted; both are written as the dicts they hold."""
+Row = collections.namedtuple("Row", "user token")
+
+
+def test_redaction_reaches_mappings_named_tuples_and_dataclasses():
+    """Secrets in a MappingProxyType, a UserDict, a named tuple or a
+    dataclass, alone or in a list, are redacted; each is written as a dict."""
     context = {
         "login": Login("bob", "p"),
         "settings": types.MappingProxyType({"secret": "s", "port": 1}),
+        "user_dict": collections.UserDict(jwt="j"),
+        "row": Row("ann", "t"),
         "history": [Login("eve", "q")],
     }
     doc = json.loads(application(context=context)[1])
@@ -209,6 +215,8 @@ def test_redaction_reaches_mappings_and_dataclasses():
     assert doc["payload"]["context"] == {
         "login": {"user": "bob", "password": REDACTED},
         "settings": {"secret": REDACTED, "port": 1},
+        "user_dict": {"jwt": REDACTED},
+        "row": {"user": "ann", "token": REDACTED},
         "history": [{"user": "eve", "password": REDACTED}],
     }
 
@@ -243,6 +251,8 @@ wrappers = st.sampled_from(
         lambda d: [d],
         lambda d: (d,),
         lambda d: Login(d, "p"),
+        lambda d: Row(d, "t"),
+        collections.UserDict,
     ]
 )
 
@@ -260,7 +270,8 @@ def hiding_places(draw):
 
 @given(hiding_places())
 def test_a_secret_under_a_sensitive_key_never_reaches_the_envelope(context):
-    """Whatever mapping, dataclass or list hides it, the secret is redacted."""
+    """Whatever mapping, named tuple, dataclass or list hides it, the secret
+    is redacted."""
     for build in (EnvelopeBuilder(), EnvelopeBuilder(strict=False)):
         envelope = application(build, context=context)[1]
 

@@ -16,8 +16,8 @@ marker instead of refusing the event.
 
 Context values under sensitive keys are replaced by ``"[REDACTED]"`` at any
 depth, inside lists too. Mappings that are not dicts (``MappingProxyType``,
-any ``Mapping``) and dataclass instances are read as the dicts they would be
-written as, so their keys are checked too; a key is checked under the name it
+any ``Mapping``), named tuples and dataclass instances are written as dicts,
+so their keys are checked too; a key is checked under the name it
 is written with, so ``str`` subclasses and enum keys count. A context without
 sensitive keys or nested containers is used as it is, not copied.
 """
@@ -216,6 +216,8 @@ def _required_ok(value: Any, max_chars: int) -> bool:
 # keys the cache stops growing and new keys are checked each time.
 _SENSITIVE_CACHE_MAX = 4096
 
+_CONTAINERS = frozenset({dict, list, tuple})
+
 # Values that hold nothing redaction must look into: the common ones are
 # skipped with one set lookup, the rest are asked whether they are mappings.
 _LEAVES = frozenset(
@@ -376,11 +378,12 @@ class EnvelopeBuilder:
         return self._clean(context, 0)
 
     def _clean(self, value: Any, depth: int) -> Any:
-        if not isinstance(value, dict | list | tuple):
+        if value.__class__ not in _CONTAINERS:
             plain = _as_dict(value)
-            if plain is None:
+            if plain is not None:
+                value = plain
+            elif not isinstance(value, dict | list | tuple):
                 return value
-            value = plain
         if depth > MAX_CONTEXT_DEPTH:
             if self.strict:
                 raise ValueError(
@@ -546,12 +549,17 @@ class EnvelopeBuilder:
 
 
 def _as_dict(value: Any) -> dict | None:
-    """The dict a mapping or dataclass instance is written as, else None.
+    """The dict a mapping, named tuple or dataclass instance is written as,
+    else None.
 
-    A mapping that is not a dict would be written as its ``repr``, secrets
-    and all; a dataclass as a dict of its fields. Reading a field or item
-    may run the application's code, so a failure writes a stand-in.
+    A mapping that is not a dict or a named tuple would be written as its
+    ``repr``, secrets and all; a dataclass as a dict of its fields. Reading
+    a field or item may run the application's code, so a failure writes a
+    stand-in.
     """
+    if isinstance(value, tuple) and hasattr(type(value), "_fields"):
+        # A named tuple would be written as its repr.
+        return dict(zip(type(value)._fields, value, strict=False))
     if isinstance(value, Mapping):
         try:
             return dict(value)
