@@ -435,7 +435,9 @@ class Broker:
         # a broker killed from here on leaves them for the next one to report.
         unit = self.handoff.unit(pairs)
         recorded = self._record()
-        if self.spooling:
+        # Not connected while serving: the producer was retired (out of step)
+        # and the replay loop is starting another; the spool takes the events.
+        if self.spooling or not self.publisher.connected:
             pairs = self._refuse_too_large(pairs, unit)
             # The spool's append queues behind the record in the disk thread.
             if pairs:
@@ -456,7 +458,7 @@ class Broker:
     async def _submit(self, batch: OpenBatch) -> None:
         # Once a batch of this cycle failed, the rest follow it into the spool
         # rather than overtake it in Kafka.
-        if self.spooling:
+        if self.spooling or not self.publisher.connected:
             self._spill_batch(batch, "spooling")
             return
         timeout_s = None
@@ -567,7 +569,12 @@ class Broker:
     ) -> None:
         """Route events naming a topic the producer had no metadata for yet."""
         publisher = self.publisher
-        if not await publisher.resolve_topic(topic):
+        resolved = publisher.connected and await publisher.resolve_topic(topic)
+        if not publisher.connected:
+            # The producer was retired meanwhile (out of step): spool them.
+            self._store(pairs, unit)
+            return
+        if not resolved:
             self._refuse_unknown_topic(topic, pairs, unit=unit)
             return
         now_ms = int(time.time() * 1000)

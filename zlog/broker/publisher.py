@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
@@ -84,7 +85,8 @@ TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 # A batch refused as out of order is sent again this many times at most: the
 # rewind sets the numbers right within one or two, so more means they are
-# out of step for another reason, and the batch is dead-lettered.
+# out of step for another reason (Kafka restarted with batches in flight):
+# the batch is spooled and the producer replaced (``_out_of_step``).
 MAX_OUT_OF_ORDER_RESENDS = 3
 
 Reply = Callable[[bytes, list[bytes]], None]
@@ -173,6 +175,9 @@ def is_retriable(exc: BaseException) -> bool:
     """Whether a failed send may succeed later, so its batch is spooled."""
     if isinstance(exc, TimeoutError | KafkaTimeoutError | asyncio.CancelledError):
         return True
+    if isinstance(exc, OutOfOrderSequenceNumber):
+        # The producer's fault, not the events': a new producer takes them.
+        return True
 
     return bool(getattr(exc, "retriable", False))
 
@@ -216,9 +221,12 @@ class Publisher:
         self._unsent: dict[OpenBatch, None] = {}
         self._resending: set[asyncio.Task] = set()
         self._rewind: SequenceRewind | None = None
+        # Producers retired out of step, while they finish (``_out_of_step``).
+        self._retiring: set[asyncio.Task] = set()
         # Origins (host, pid, seq) of the events of held batches not answered
         # yet, and of those Kafka then took, which the replay only removes.
         self._held: set[tuple[str, int, int]] = set()
+        self._held_futures: set[asyncio.Future] = set()
         self._taken: set[tuple[str, int, int]] = set()
         self.limits = TopicLimits(config.max_batch_bytes, config.compression_type)
         self._limits_stale = asyncio.Event()
@@ -480,6 +488,8 @@ class Publisher:
             self._partitions.clear()
             self._partitions_built = now
             return
+        if self.producer is None:
+            return
         for topic, by_key in self._partitions.items():
             partitions = self.producer.client.cluster.partitions_for_topic(topic)
             if partitions:
@@ -503,6 +513,8 @@ class Publisher:
         if timeout_s is None:
             timeout_s = self.config.send_timeout_s
         refusal = self.limits.batch_refusal(batch.topic, batch.builder, batch.events)
+        if refusal is None and self.producer is None:
+            refusal = KafkaConnectionError("the producer was retired; a new one starts")
         if refusal is not None:
             self._unsent.pop(batch, None)
             self._give_up(batch, refusal)
@@ -534,11 +546,16 @@ class Publisher:
                 due_s = batch.sent_at_s + self.config.ack_spool_after_s
                 delay_s = max(0.0, due_s - time.monotonic())
                 batch.overdue = loop.call_later(delay_s, self._expire, future)
-        future.add_done_callback(lambda done: self._settle(batch, done))
+        # The numbers are put right in the producer that sent the batch,
+        # which may be retired by the time Kafka answers.
+        rewind = self._rewind
+        future.add_done_callback(lambda done: self._settle(batch, done, rewind))
 
         return batch.answer.future
 
-    def _settle(self, batch: OpenBatch, future: asyncio.Future) -> None:
+    def _settle(
+        self, batch: OpenBatch, future: asyncio.Future, rewind: SequenceRewind
+    ) -> None:
         self._in_flight.pop(future, None)
         if batch.overdue is not None:
             batch.overdue.cancel()
@@ -546,10 +563,11 @@ class Publisher:
         # The record numbers follow Kafka's answer even for an abandoned
         # batch: the producer goes on sending the partition's next ones.
         if exc is None:
-            self._rewind.written(batch.topic, batch.partition)
+            rewind.written(batch.topic, batch.partition)
         else:
-            self._rewind.failed(batch.topic, batch.partition, batch.builder)
+            rewind.failed(batch.topic, batch.partition, batch.builder)
         if batch.held:
+            self._held_futures.discard(future)
             origins = [(e.host, e.pid, e.seq) for e in batch.events]
             self._held.difference_update(origins)
             if exc is None:
@@ -583,6 +601,7 @@ class Publisher:
         bound_s = self.config.ack_spool_after_s
         late = KafkaTimeoutError(f"Kafka did not acknowledge it within {bound_s:g} s")
         self._held.update((e.host, e.pid, e.seq) for e in batch.events)
+        self._held_futures.add(future)
         self._give_up(batch, late)
         batch.abandoned = batch.held = True
 
@@ -697,10 +716,63 @@ class Publisher:
             if not batch.replay:
                 self.spill(batch, reason)
             batch.answer.piece_done(batch.events, for_good=False)
+            if isinstance(exc, OutOfOrderSequenceNumber):
+                self._out_of_step(reason)
             return
         self._warn("kafka_rejected", batch, reason)
         self.reject(batch, reason)
         batch.answer.piece_done(batch.events, for_good=True)
+
+    def _out_of_step(self, reason: str) -> None:
+        """Retire a producer whose record numbers Kafka refuses for good.
+
+        Seen after Kafka restarted while batches were in flight: a batch
+        Kafka wrote but never answered, or one it answered but lost, leaves
+        the producer's numbers and Kafka's apart, and every later batch of
+        the partition is refused. The rewind cannot tell which happened;
+        a new producer gets a new producer id and starts from 0. The
+        refused batch is in the spool already; ``connected`` is False
+        until the replay loop starts the new producer, and the old one
+        finishes its batches in flight meanwhile. Kafka may hold the events
+        of a batch it wrote unanswered twice then (at least once).
+        """
+        producer = self.producer
+        if producer is None:
+            return
+        self.producer = None
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
+        self.kafka_state = "failing"
+        self.log.warning(
+            "producer_replaced",
+            reason=reason,
+            hint="its refused batches are spooled and sent again by a new "
+            "producer; Kafka may hold some events twice",
+        )
+        unanswered = [*self._in_flight, *self._held_futures]
+        task = asyncio.ensure_future(self._retire(producer, unanswered))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(
+        self, producer: AIOKafkaProducer, unanswered: list[asyncio.Future]
+    ) -> None:
+        """Stop a retired producer; fail what it left unanswered.
+
+        Its batches settle as it stops: sent again through the spool when
+        refused, published when Kafka took them. Should the stop run out of
+        time, a batch it never answered would hold its events in the spool
+        for good (``replay_state``), so it fails as retriable instead.
+        """
+        timeout_s = self.config.send_timeout_s
+        if await _stop_quietly(producer, timeout_s):
+            return
+        self.log.warning("kafka_stop_timed_out", timeout_s=timeout_s)
+        retired = KafkaConnectionError("the producer was retired unanswered")
+        for future in unanswered:
+            if not future.done():
+                future.set_exception(retired)
 
     def _warn(self, event: str, batch: OpenBatch, reason: str) -> None:
         suppressed = self.warnings.allow(f"{event}:{batch.topic}")
@@ -745,7 +817,8 @@ class Publisher:
         """
         deadline = time.monotonic() + timeout_s
         try:
-            await asyncio.wait_for(self.producer.flush(), timeout_s)
+            if self.producer is not None:
+                await asyncio.wait_for(self.producer.flush(), timeout_s)
         except TimeoutError:
             return False
         while self._in_flight or self._resending:
@@ -764,6 +837,8 @@ class Publisher:
         """Close the producer; gives up after ``timeout_s`` when Kafka is gone."""
         if self._refresher is not None:
             self._refresher.cancel()
+        if self._retiring:
+            await asyncio.wait(self._retiring, timeout=timeout_s)
         if self.producer is None:
             return
         if not await _stop_quietly(self.producer, timeout_s):
