@@ -100,4 +100,5 @@ def test_a_producer_out_of_step_is_replaced_and_nothing_is_dead_lettered(
     assert rejected == []
     assert [e.seq for e in spilled[0]] == [3, 4, 5, 6]
     assert "producer_replaced" in warnings
+    assert publisher.stats.producers_replaced == 1
     assert sorted(json.loads(r.value)["n"] for r in records) == list(range(7))

@@ -184,6 +184,11 @@ class _BrokerCollector:
                 stats.sent_again,
                 "Events sent again after Kafka refused their batch for another.",
             ),
+            (
+                "producers_replaced",
+                stats.producers_replaced,
+                "Producers retired because Kafka refused their record numbers.",
+            ),
             ("acks_sent", stats.acks_sent, "Acks sent to emitters."),
             ("nacks_sent", stats.nacks_sent, "Nacks sent to emitters."),
             (

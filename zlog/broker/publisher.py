@@ -740,6 +740,7 @@ class Publisher:
         if producer is None:
             return
         self.producer = None
+        self.stats.producers_replaced += 1
         if self._refresher is not None:
             self._refresher.cancel()
             self._refresher = None

@@ -64,6 +64,8 @@ class Stats:
         # Events sent to Kafka again in a new batch after Kafka refused theirs
         # for another event's size or for the producer's record numbers.
         self.sent_again = 0
+        # Producers retired because Kafka refused their record numbers for good.
+        self.producers_replaced = 0
         # Events Kafka took after they were spooled at drain: replayed twice.
         self.duplicates_possible = 0
         # zlog.loss events the broker made itself, and the losses whose
@@ -154,6 +156,7 @@ class Stats:
             "dead_lettered": dict(self.dead_lettered),
             "dead_lettered_not_kept": self.dead_lettered_not_kept,
             "sent_again": self.sent_again,
+            "producers_replaced": self.producers_replaced,
             "duplicates_possible": self.duplicates_possible,
             "generated": self.generated,
             "losses_reported": dict(self.losses.reported),
