@@ -291,3 +291,29 @@ def test_a_created_topic_not_shown_yet_is_retried_not_refused(monkeypatch):
     codes = asyncio.run(subject._describe_topics(admin))
     with pytest.raises(KafkaError, match="was created but Kafka does not show it"):
         subject._check_topic("t.app", codes["t.app"])
+
+
+class StoppedProducer:
+    """Stops at once, leaving whatever it had in flight unanswered."""
+
+    async def stop(self) -> None:
+        return None
+
+
+def test_a_retired_producer_leaves_no_batch_unanswered():
+    """A batch the retired producer never answered fails as retriable, so
+    its held events do not wait in the spool for good."""
+    subject = publisher()
+
+    async def retire() -> list:
+        loop = asyncio.get_running_loop()
+        answered, unanswered = loop.create_future(), loop.create_future()
+        answered.set_result(None)
+        await subject._retire(StoppedProducer(), [answered, unanswered])
+        return [answered.exception(), unanswered.exception()]
+
+    errors = asyncio.run(retire())
+
+    assert errors[0] is None
+    assert isinstance(errors[1], KafkaConnectionError)
+    assert publisher_module.is_retriable(errors[1])

@@ -762,14 +762,14 @@ class Publisher:
         """Stop a retired producer; fail what it left unanswered.
 
         Its batches settle as it stops: sent again through the spool when
-        refused, published when Kafka took them. Should the stop run out of
-        time, a batch it never answered would hold its events in the spool
-        for good (``replay_state``), so it fails as retriable instead.
+        refused, published when Kafka took them. A batch it never answered
+        (the stop ran out of time, or its sender ended first) would hold its
+        events in the spool for good (``replay_state``), so it fails as
+        retriable instead.
         """
         timeout_s = self.config.send_timeout_s
-        if await _stop_quietly(producer, timeout_s):
-            return
-        self.log.warning("kafka_stop_timed_out", timeout_s=timeout_s)
+        if not await _stop_quietly(producer, timeout_s):
+            self.log.warning("kafka_stop_timed_out", timeout_s=timeout_s)
         retired = KafkaConnectionError("the producer was retired unanswered")
         for future in unanswered:
             if not future.done():
