@@ -221,6 +221,41 @@ def test_redaction_reaches_mappings_named_tuples_and_dataclasses():
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Key:
+    user: str
+    token: str
+
+
+# An enum whose member's value is a dict, as configuration presets are.
+Preset = enum.Enum("Preset", {"PROD": {"host": "db", "password": "p"}})
+
+
+def test_redaction_reaches_sets_and_enum_values():
+    """A dataclass in a set and an enum written as a dict value are redacted."""
+    context = {"keys": {Key("bob", "t")}, "preset": Preset.PROD}
+    doc = json.loads(application(context=context)[1])
+
+    assert doc["payload"]["context"] == {
+        "keys": [{"user": "bob", "token": REDACTED}],
+        "preset": {"host": "db", "password": REDACTED},
+    }
+
+
+def test_free_audit_and_security_fields_are_redacted_when_not_text():
+    """actor, outcome, user_id and decision given as mappings are redacted
+    like the context; text passes as it is."""
+    audit_doc = json.loads(
+        audit(actor={"user": "bob", "password": "p"}, outcome="success")[1]
+    )
+    security_doc = json.loads(security(user_id={"token": "t"}, decision="deny")[1])
+
+    assert audit_doc["payload"]["actor"] == {"user": "bob", "password": REDACTED}
+    assert audit_doc["payload"]["outcome"] == "success"
+    assert security_doc["payload"]["user_id"] == {"token": REDACTED}
+    assert security_doc["payload"]["decision"] == "deny"
+
+
 def test_redaction_checks_keys_by_the_name_they_are_written_under():
     """A str-subclass key and an enum key whose value is sensitive are
     redacted."""

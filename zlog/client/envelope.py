@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 import os
 import random
 import time
@@ -311,10 +312,10 @@ class EnvelopeBuilder:
         payload = {
             "tenant_id": tenant_id,
             "action": action,
-            "actor": actor,
+            "actor": self._clean_field(actor),
             "resource": resource,
             "timestamp": timestamp,
-            "outcome": outcome,
+            "outcome": self._clean_field(outcome),
             "context": self.clean_context(context),
         }
 
@@ -344,9 +345,9 @@ class EnvelopeBuilder:
         payload = {
             "tenant_id": tenant_id,
             "event_type": event_type,
-            "user_id": user_id,
+            "user_id": self._clean_field(user_id),
             "resource": resource,
-            "decision": decision,
+            "decision": self._clean_field(decision),
             "timestamp": timestamp,
             "context": self.clean_context(context),
         }
@@ -379,7 +380,12 @@ class EnvelopeBuilder:
 
     def _clean(self, value: Any, depth: int) -> Any:
         if value.__class__ not in _CONTAINERS:
-            plain = _as_dict(value)
+            if isinstance(value, enum.Enum):
+                # Written as its value, which may hold a secret in turn.
+                inner = value.value
+                cleaned = self._clean(inner, depth)
+                return value if cleaned is inner else cleaned
+            plain = _as_container(value)
             if plain is not None:
                 value = plain
             elif not isinstance(value, dict | list | tuple):
@@ -422,6 +428,14 @@ class EnvelopeBuilder:
             return named_keys(value if copy is None else copy)
 
         return value if copy is None else copy
+
+    def _clean_field(self, value: Any) -> Any:
+        """A field typed as text (actor, outcome, ...) that is not text is
+        written as given, so it is redacted like the context."""
+        if value.__class__ in _LEAVES:
+            return value
+
+        return self._clean(value, 0)
 
     def _learn_key(self, key: str) -> bool:
         hit = key.lower() in self.redact_keys
@@ -548,15 +562,17 @@ class EnvelopeBuilder:
         return [("x-tenant", _utf8(tenant_id)), ("x-schema-hash", schema_ref.encode())]
 
 
-def _as_dict(value: Any) -> dict | None:
-    """The dict a mapping, named tuple or dataclass instance is written as,
-    else None.
+def _as_container(value: Any) -> dict | list | None:
+    """The dict or list a mapping, named tuple, dataclass instance or set is
+    written as, else None.
 
     A mapping that is not a dict or a named tuple would be written as its
-    ``repr``, secrets and all; a dataclass as a dict of its fields. Reading
-    a field or item may run the application's code, so a failure writes a
-    stand-in.
+    ``repr``, secrets and all; a dataclass as a dict of its fields, a set as
+    a list of what it holds (a frozen dataclass, say). Reading a field or
+    item may run the application's code, so a failure writes a stand-in.
     """
+    if isinstance(value, set | frozenset):
+        return list(value)
     if isinstance(value, tuple) and hasattr(type(value), "_fields"):
         # A named tuple would be written as its repr.
         return dict(zip(type(value)._fields, value, strict=False))
