@@ -11,14 +11,23 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka.admin.config_resource import ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    OutOfOrderSequenceNumber,
+    RequestTimedOutError,
+    TopicAuthorizationFailedError,
+)
 from structlog.testing import capture_logs
 
 from zlog import protocol
 from zlog.broker import publisher as publisher_module
 from zlog.broker.config import BrokerConfig
 from zlog.broker.idempotence import SequenceRewind
-from zlog.broker.publisher import OpenBatch, Publisher, split_too_large
+from zlog.broker.publisher import OpenBatch, Publisher, not_written, split_too_large
 from zlog.broker.stats import Stats
 from zlog.protocol import EventClass
 
@@ -317,3 +326,65 @@ def test_a_retired_producer_leaves_no_batch_unanswered():
     assert errors[0] is None
     assert isinstance(errors[1], KafkaConnectionError)
     assert publisher_module.is_retriable(errors[1])
+
+
+@pytest.mark.parametrize(
+    ("exc", "refused"),
+    [
+        (MessageSizeTooLargeError(), True),
+        (TopicAuthorizationFailedError(), True),
+        (OutOfOrderSequenceNumber(), True),
+        (KafkaConnectionError(), False),
+        (RequestTimedOutError(), False),
+        (NotLeaderForPartitionError(), False),
+        (KafkaTimeoutError(), False),
+    ],
+)
+def test_only_a_refusal_says_kafka_did_not_write_a_batch(exc, refused):
+    """A refusal gives the batch's record numbers back; a timeout, a lost
+    connection or a leader change may hide a written batch, so it does not."""
+    assert not_written(exc) is refused
+
+
+class RecordingRewind:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def written(self, topic: str, partition: int) -> None:
+        self.calls.append("written")
+
+    def failed(self, topic: str, partition: int, builder: object) -> None:
+        self.calls.append("failed")
+
+
+def test_a_batch_timed_out_keeps_its_record_numbers():
+    """Settling a batch that failed without Kafka saying it was not written
+    leaves the numbers taken; a refused one gives them back."""
+    subject = Publisher(
+        BrokerConfig(socket_path=Path("/nonexistent/b.sock")),
+        Stats(),
+        None,
+        spill=lambda batch, reason: None,
+        reject=lambda batch, reason: None,
+    )
+
+    async def settle(exc: BaseException) -> list[str]:
+        rewind = RecordingRewind()
+        batch = OpenBatch(SimpleNamespace(size=lambda: 0), "t.audit", 0)
+        batch.answer = publisher_module.Answer(
+            asyncio.get_running_loop().create_future()
+        )
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(exc)
+        subject._settle(batch, future, rewind)
+        return rewind.calls
+
+    async def both() -> tuple[list[str], list[str]]:
+        return await settle(RequestTimedOutError()), await settle(
+            TopicAuthorizationFailedError()
+        )
+
+    timed_out, refused = asyncio.run(both())
+
+    assert timed_out == []
+    assert refused == ["failed"]

@@ -17,6 +17,10 @@ failed batch's first number. The sender may number the partition's next
 batch in between: that one then fails out of order as well (or is written,
 on a partition new to this producer), and the rewind waits for its answer.
 The batches that failed out of order are sent again by the publisher.
+
+Only a batch Kafka refused is rewound (``publisher.not_written``): one that
+timed out or lost its connection may have been written, and the next batch
+reusing its numbers would be taken for a duplicate and dropped by Kafka.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ from zlog.broker.logs import RateLimiter, get_logger
 from zlog.broker.stats import Stats
 from zlog.errors import ConfigError
 
-__all__ = ["Answer", "OpenBatch", "Publisher", "split_too_large"]
+__all__ = ["Answer", "OpenBatch", "Publisher", "not_written", "split_too_large"]
 
 # Kafka's error codes for a topic that exists already, that it does not
 # have, and that it will not show or take from this client.
@@ -180,6 +180,24 @@ def is_retriable(exc: BaseException) -> bool:
         return True
 
     return bool(getattr(exc, "retriable", False))
+
+
+def not_written(exc: BaseException) -> bool:
+    """Whether Kafka answered that it did not write a batch sent to it.
+
+    A refusal (too large, not authorized, out of order) says so. A timeout,
+    a lost connection or a leader change leaves it unknown: Kafka may have
+    written the batch. Its record numbers must then stay taken; given back,
+    the partition's next batch of the same size would carry the same
+    numbers, and Kafka would answer it as a duplicate of the written one,
+    acknowledged and never stored. Should Kafka not have written it, the
+    hole makes the next batches fail out of order, and the producer is
+    replaced (``Publisher._out_of_step``).
+    """
+    if isinstance(exc, OutOfOrderSequenceNumber):
+        return True
+
+    return not is_retriable(exc)
 
 
 def describe(exc: BaseException) -> str:
@@ -559,12 +577,13 @@ class Publisher:
         self._in_flight.pop(future, None)
         if batch.overdue is not None:
             batch.overdue.cancel()
-        exc = future.exception() if not future.cancelled() else KafkaError()
+        cancelled = future.cancelled()
+        exc = future.exception() if not cancelled else KafkaError()
         # The record numbers follow Kafka's answer even for an abandoned
         # batch: the producer goes on sending the partition's next ones.
         if exc is None:
             rewind.written(batch.topic, batch.partition)
-        else:
+        elif not cancelled and not_written(exc):
             rewind.failed(batch.topic, batch.partition, batch.builder)
         if batch.held:
             self._held_futures.discard(future)
