@@ -882,6 +882,10 @@ class Broker:
                     await asyncio.sleep(0.01)
             elif progress:
                 delay_s = 1.0
+            elif not self.publisher.connected:
+                # The producer was retired out of step: Kafka answers, so
+                # start the next one now rather than after the backoff.
+                delay_s = 1.0
             else:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
