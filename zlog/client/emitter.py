@@ -47,8 +47,8 @@ parent's context there). The child builds its own emitter on first use.
 
 Exit: ``atexit`` (and ``multiprocessing``'s finalizers, because pool workers
 leave through ``os._exit``) close every socket with a linger of
-``linger_ms`` (default 1 s) and terminate the context; with no broker there
-is nothing queued and exit is immediate. A process leaving through a bare
+``linger_ms`` (default 1 s) and terminate the context. Events a broker never
+took by then are lost, counted as sent. A process leaving through a bare
 ``os._exit`` runs no hook: what ZeroMQ still holds is lost, though counted as
 sent, unless it calls ``close()`` first.
 """
