@@ -435,9 +435,7 @@ class Broker:
         # a broker killed from here on leaves them for the next one to report.
         unit = self.handoff.unit(pairs)
         recorded = self._record()
-        # Not connected while serving: the producer was retired (out of step)
-        # and the replay loop is starting another; the spool takes the events.
-        if self.spooling or not self.publisher.connected:
+        if self._to_spool:
             pairs = self._refuse_too_large(pairs, unit)
             # The spool's append queues behind the record in the disk thread.
             if pairs:
@@ -455,10 +453,16 @@ class Broker:
             await self._submit(batch)
         self.publisher.end_cycle()
 
+    @property
+    def _to_spool(self) -> bool:
+        """Whether events go to the spool: it is in use, or no producer runs
+        (one was retired out of step and the replay loop starts the next)."""
+        return self.spooling or not self.publisher.connected
+
     async def _submit(self, batch: OpenBatch) -> None:
         # Once a batch of this cycle failed, the rest follow it into the spool
         # rather than overtake it in Kafka.
-        if self.spooling or not self.publisher.connected:
+        if self._to_spool:
             self._spill_batch(batch, "spooling")
             return
         timeout_s = None

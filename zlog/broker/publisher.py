@@ -745,15 +745,14 @@ class Publisher:
     def _out_of_step(self, reason: str) -> None:
         """Retire a producer whose record numbers Kafka refuses for good.
 
-        Seen after Kafka restarted while batches were in flight: a batch
-        Kafka wrote but never answered, or one it answered but lost, leaves
-        the producer's numbers and Kafka's apart, and every later batch of
-        the partition is refused. The rewind cannot tell which happened;
-        a new producer gets a new producer id and starts from 0. The
-        refused batch is in the spool already; ``connected`` is False
-        until the replay loop starts the new producer, and the old one
-        finishes its batches in flight meanwhile. Kafka may hold the events
-        of a batch it wrote unanswered twice then (at least once).
+        The usual cause is a Kafka restart with batches in flight: a batch
+        that timed out keeps its numbers (``not_written``), and if Kafka had
+        not written it, every later batch of its partition is refused out of
+        order. A new producer gets a new producer id and starts from 0. The
+        refused batch is in the spool already; ``connected`` is False until
+        the replay loop starts the new producer, and the old one finishes
+        its batches in flight meanwhile. A batch Kafka wrote but never
+        answered is then in Kafka twice (at least once).
         """
         producer = self.producer
         if producer is None:
@@ -855,12 +854,14 @@ class Publisher:
 
     async def stop(self, timeout_s: float) -> None:
         """Close the producer; gives up after ``timeout_s`` when Kafka is gone."""
+        deadline = time.monotonic() + timeout_s
         if self._refresher is not None:
             self._refresher.cancel()
         if self._retiring:
             await asyncio.wait(self._retiring, timeout=timeout_s)
         if self.producer is None:
             return
+        timeout_s = max(0.1, deadline - time.monotonic())
         if not await _stop_quietly(self.producer, timeout_s):
             self.log.warning("kafka_stop_timed_out", timeout_s=timeout_s)
 

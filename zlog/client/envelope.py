@@ -17,9 +17,10 @@ marker instead of refusing the event.
 Context values under sensitive keys are replaced by ``"[REDACTED]"`` at any
 depth, inside lists too. Mappings that are not dicts (``MappingProxyType``,
 any ``Mapping``), named tuples and dataclass instances are written as dicts,
-so their keys are checked too; a key is checked under the name it
-is written with, so ``str`` subclasses and enum keys count. A context without
-sensitive keys or nested containers is used as it is, not copied.
+sets as lists and enum members as their values, so what they hold is checked
+too; a key is checked under the name it is written with, so ``str``
+subclasses, bytes and enum keys count. A context without sensitive keys or
+nested containers is used as it is, not copied.
 """
 
 from __future__ import annotations
@@ -383,13 +384,14 @@ class EnvelopeBuilder:
             if isinstance(value, enum.Enum):
                 # Written as its value, which may hold a secret in turn.
                 inner = value.value
+                if inner.__class__ in _LEAVES:
+                    return value
                 cleaned = self._clean(inner, depth)
                 return value if cleaned is inner else cleaned
-            plain = _as_container(value)
-            if plain is not None:
-                value = plain
-            elif not isinstance(value, dict | list | tuple):
+            walkable = _walkable(value)
+            if walkable is None:
                 return value
+            value = walkable
         if depth > MAX_CONTEXT_DEPTH:
             if self.strict:
                 raise ValueError(
@@ -562,20 +564,23 @@ class EnvelopeBuilder:
         return [("x-tenant", _utf8(tenant_id)), ("x-schema-hash", schema_ref.encode())]
 
 
-def _as_container(value: Any) -> dict | list | None:
-    """The dict or list a mapping, named tuple, dataclass instance or set is
-    written as, else None.
+def _walkable(value: Any) -> dict | list | tuple | None:
+    """``value`` as the dict, list or tuple redaction walks, or None when it
+    holds nothing to redact.
 
-    A mapping that is not a dict or a named tuple would be written as its
-    ``repr``, secrets and all; a dataclass as a dict of its fields, a set as
-    a list of what it holds (a frozen dataclass, say). Reading a field or
-    item may run the application's code, so a failure writes a stand-in.
+    A subclass of dict, list or tuple is walked as it is. A named tuple or a
+    mapping that is not a dict would be written as its ``repr``, secrets and
+    all, so it becomes a dict; a dataclass becomes the dict of its fields,
+    and a set the list of what it holds (a frozen dataclass, say). Reading a
+    field or item may run the application's code, so a failure writes a
+    stand-in.
     """
+    if isinstance(value, tuple) and hasattr(type(value), "_fields"):
+        return dict(zip(type(value)._fields, value, strict=False))
+    if isinstance(value, dict | list | tuple):
+        return value
     if isinstance(value, set | frozenset):
         return list(value)
-    if isinstance(value, tuple) and hasattr(type(value), "_fields"):
-        # A named tuple would be written as its repr.
-        return dict(zip(type(value)._fields, value, strict=False))
     if isinstance(value, Mapping):
         try:
             return dict(value)
